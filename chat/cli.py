@@ -1,0 +1,163 @@
+"""Command line: `python -m chat reply|search|encode ...` (a stable contract for scripts).
+
+User errors print one line on stderr and exit 2; nothing prints a traceback unless
+STEERCHAT_DEBUG=1.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+EXIT_USER_ERROR = 2
+
+
+def _parse_steer(items: list[str]) -> dict[str, float]:
+    from chat.steering import SteeringError, parse_strength
+
+    out: dict[str, float] = {}
+    for item in items:
+        feature, sep, strength = item.rpartition("=")
+        if not sep or not feature.strip():
+            raise SteeringError(f"--steer takes FEATURE=STRENGTH (e.g. 1234=6 or 'golden gate=4'), got {item!r}")
+        key = feature.strip()
+        if key in out:
+            raise SteeringError(f"feature {key!r} is steered twice")
+        out[key] = parse_strength(strength)
+    return out
+
+
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", help="local path or hub 'owner/repo/sub/folder' (default: the embedded one)")
+    p.add_argument("--layer", type=int, help="decoder layer to hook (default: the dictionary's own)")
+    p.add_argument("--allow-pickle", action="store_true",
+                   help="allow .pt/.pth dictionaries (loaded with weights_only=True); only for files you trust")
+    p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chat", description="Steer a language model by its features.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("reply", help="generate one reply, optionally steered")
+    p.add_argument("prompt")
+    p.add_argument("--steer", action="append", default=[], metavar="FEATURE=STRENGTH",
+                   help="feature id or label query = strength in multiples of its max activation (repeatable)")
+    p.add_argument("--mode", default="add", help="add (push along the feature) or clamp (set its activation)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, reproducible")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--top", type=int, default=10, help="how many fired features to list")
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+
+    p = sub.add_parser("search", help="find features by name")
+    p.add_argument("query")
+    p.add_argument("--top", type=int, default=10)
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+
+    p = sub.add_parser("encode", help="which features fire on each token of a text")
+    p.add_argument("text")
+    p.add_argument("--top", type=int, default=5, help="features listed per token")
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+    return parser
+
+
+def _engine(args):
+    from chat.engine import load
+
+    return load(args.model, args.dictionary, args.layer, device=args.device, allow_pickle=args.allow_pickle)
+
+
+def cmd_reply(args) -> None:
+    from chat.steering import MODES, SteeringError
+
+    steer = _parse_steer(args.steer)  # fail fast, before loading the model
+    if args.mode not in MODES:
+        raise SteeringError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
+    engine = _engine(args)
+    reply = engine.reply(args.prompt, steer=steer, mode=args.mode, max_new_tokens=args.max_new_tokens,
+                         temperature=args.temperature, seed=args.seed)
+    top = reply.top_features[: args.top]
+    for w in reply.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "text": reply.text,
+            "top_features": [{"id": h.id, "label": h.label, "activation": round(h.activation, 4)} for h in top],
+            "steer": [{"id": f, "label": engine.catalog.label(f), "strength": s} for f, s in reply.steering.strengths],
+            "finish_reason": reply.finish_reason,
+            "warnings": reply.warnings,
+        }, ensure_ascii=False))
+        return
+    print(reply.text)
+    print(f"\n[{engine.status()}]", file=sys.stderr)
+    for f, s in reply.steering.strengths:
+        print(f"  steer {args.mode} {s:+g} × #{f} {engine.catalog.label(f)}", file=sys.stderr)
+    for h in top:
+        print(f"  fired #{h.id:<6} {h.activation:10.2f} on {h.tokens:3d} tokens  {h.label}", file=sys.stderr)
+
+
+def cmd_search(args) -> None:
+    from chat.engine import load_catalog
+
+    if args.top < 1:
+        raise ValueError("--top must be at least 1")
+    hits = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle).search(args.query, top=args.top)
+    rows = [{"id": f.id, "label": f.label, "max_activation": f.max_activation, "density": f.density} for f in hits]
+    if args.json:
+        print(json.dumps(rows, ensure_ascii=False))
+        return
+    if not rows:
+        print(f"no feature matches {args.query!r}", file=sys.stderr)
+    for r in rows:
+        stats = f"max {r['max_activation']:.1f}" if r["max_activation"] is not None else ""
+        print(f"#{r['id']:<6} {r['label']}  {stats}")
+
+
+def cmd_encode(args) -> None:
+    if args.top < 1:
+        raise ValueError("--top must be at least 1")
+    engine = _engine(args)
+    enc = engine.encode(args.text)
+    per_token = enc.top(args.top)
+    if args.json:
+        print(json.dumps({
+            "tokens": enc.tokens,
+            "features": [[{"id": i, "activation": round(a, 4)} for i, a in row] for row in per_token],
+        }, ensure_ascii=False))
+        return
+    for token, row in zip(enc.tokens, per_token):
+        names = ", ".join(f"#{i} {engine.catalog.label(i)} ({a:.1f})" for i, a in row)
+        print(f"{token!r:>16}  {names}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from chat.errors import USER_ERRORS
+
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode}[args.command](args)
+    except USER_ERRORS as e:
+        if os.environ.get("STEERCHAT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # a bug, not the user's fault: still one line, with a way to see more
+        if os.environ.get("STEERCHAT_DEBUG"):
+            raise
+        print(f"error: internal error ({type(e).__name__}: {e}); set STEERCHAT_DEBUG=1 for a traceback",
+              file=sys.stderr)
+        return 1
+    return 0

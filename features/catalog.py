@@ -1,0 +1,434 @@
+"""Named features: labels and per-feature stats for one dictionary, and search over them.
+
+A catalog is stored beside its dictionary as `features.json`:
+
+    {"format": "steerchat-features/1",
+     "d_sae": 16384,
+     "features": [            # only features that carry some information, ordered by id
+       {"id": 123, "label": "the Golden Gate Bridge", "max_activation": 41.5, "density": 0.0003,
+        "curated": true, "examples": [{"tokens": [...], "acts": [...], "max_index": 7}],
+        "top_tokens": [" bridge", " Golden"], ...any other keys, kept in `Feature.extra`}]}
+
+Only `id` is required in an entry; `label` defaults to "", the stats to null, the lists to [].
+
+User renames are kept apart, in `$STEERCHAT_HOME/renames/{key}.json` (a plain {"id": "label"}
+map; STEERCHAT_HOME defaults to ~/.config/steerchat, key is `Dictionary.fingerprint()`). That
+way a regenerated or shipped features.json never loses them and `save()` never writes them
+into it. A renamed feature counts as curated. A catalog without a key keeps renames in memory.
+"""
+from __future__ import annotations
+
+import functools
+import gzip
+import heapq
+import json
+import math
+import operator
+import os
+import re
+import shlex
+import statistics
+import warnings
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from difflib import SequenceMatcher
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+FORMAT = "steerchat-features/1"
+FILENAME = "features.json"
+MAX_LABEL_CHARS = 200
+# Neuronpedia often holds several explanations of one feature. The earliest type listed here
+# wins (the original Gemma Scope autointerp first); among other types the first row seen wins.
+PREFERRED_EXPLANATION_TYPES = ("oai_token-act-pair", "np_max-act-logits")
+_TYPE_RANK = {name: rank for rank, name in enumerate(PREFERRED_EXPLANATION_TYPES)}
+
+_STOP_WORDS = frozenset("a an and about by for in of on or the to with".split())
+_PREFIX_MIN_CHARS = 3  # "a" or "do" as a prefix would match half the vocabulary
+_FUZZY_MIN_CHARS = 4  # short words have too many one-letter neighbours ("dog" ~ "dot")
+_FUZZY_CUTOFF = 0.8  # difflib ratio; "brdige"~"bridge" is 0.83, "dog"~"dot" 0.67
+_FUZZY, _PREFIX, _EXACT, _PHRASE = range(4)  # match tiers, best last
+_WORD = re.compile(r"\w+")
+
+
+@dataclass
+class Feature:
+    id: int
+    label: str = ""
+    max_activation: float | None = None
+    density: float | None = None
+    curated: bool = False
+    examples: list[dict] = field(default_factory=list)
+    top_tokens: list[str] = field(default_factory=list)
+    extra: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "label": self.label, "max_activation": self.max_activation,
+                "density": self.density, "curated": self.curated, "examples": self.examples,
+                "top_tokens": self.top_tokens, **self.extra}
+
+    def has_info(self) -> bool:
+        return bool(self.label or self.curated or self.examples or self.top_tokens or self.extra
+                    or self.max_activation is not None or self.density is not None)
+
+
+class FeatureNotFound(LookupError):
+    """No feature for an id or a name; the message says so in one line."""
+
+
+class Catalog:
+    """Labels and stats for the `d_sae` features of one dictionary, indexed by feature id.
+
+    Treat the features that `[]` and `search` return as read-only: change them through
+    `set_stats`, `rename` and `import_neuronpedia`, which keep the search index current.
+    """
+
+    def __init__(self, d_sae: int, features: dict[int, Feature] | None = None,
+                 key: str | None = None, renames_path: Path | None = None) -> None:
+        """`renames_path` overrides where the renames for `key` are kept; with neither, renames
+        live in memory only."""
+        self.d_sae = d_sae
+        self.key = key
+        self._features = dict(features or {})  # what features.json holds; renames stay apart
+        if renames_path is None and key is not None:
+            renames_path = _renames_file(key)
+        self._renames_path = Path(renames_path) if renames_path is not None else None
+        stored = _read_renames(self._renames_path) if self._renames_path and self._renames_path.exists() else {}
+        self._renames = {i: label for i, label in stored.items() if i < d_sae}
+        self._index: _Index | None = None  # built on the first search
+        self._update_fallback()
+
+    @classmethod
+    def load(cls, folder: Path | None, d_sae: int, key: str | None = None) -> "Catalog":
+        path = Path(folder) / FILENAME if folder is not None else None
+        features = _read_features(path, d_sae) if path is not None and path.exists() else {}
+        return cls(d_sae, features, key=key)
+
+    def save(self, folder: Path) -> Path:
+        # One feature per line: readable, diffable, and compact despite examples.
+        rows = [json.dumps(f.to_json(), ensure_ascii=False, allow_nan=False)
+                for _, f in sorted(self._features.items()) if f.has_info()]
+        body = ",\n".join(rows)
+        path = Path(folder) / FILENAME
+        _write_atomic(path, f'{{"format": "{FORMAT}", "d_sae": {self.d_sae}, "features": [\n{body}\n]}}\n')
+        return path
+
+    def __len__(self) -> int:
+        return self.d_sae
+
+    def __iter__(self) -> Iterator[Feature]:
+        return (self[i] for i in range(self.d_sae))
+
+    def __getitem__(self, i: int) -> Feature:
+        i = self._check_id(i)
+        feature = self._features.get(i) or Feature(i)
+        if i in self._renames:
+            return replace(feature, label=self._renames[i], curated=True)
+        return feature
+
+    def label(self, i: int) -> str:
+        return self[i].label or f"feature {i}"
+
+    def max_activation(self, i: int) -> float | None:
+        """The feature's own max activation; else the median over features that have one, a
+        typical scale for steering strengths; None when no feature has stats."""
+        own = self[i].max_activation
+        return own if own is not None else self._fallback_max
+
+    def set_stats(self, max_activation: Sequence[float], density: Sequence[float]) -> None:
+        maxes, densities = _finite_floats(max_activation), _finite_floats(density)
+        if len(maxes) != self.d_sae or len(densities) != self.d_sae:
+            raise ValueError(f"set_stats needs {self.d_sae} values each, got {len(maxes)} and {len(densities)}")
+        for i, (m, d) in enumerate(zip(maxes, densities)):
+            feature = self._features.setdefault(i, Feature(i))
+            feature.max_activation, feature.density = m, d
+        self._update_fallback()
+
+    def search(self, query: str, top: int = 10) -> list[Feature]:
+        """Features whose label matches `query`, best first: exact phrase > every word exact >
+        every word exact or as a prefix > some word only fuzzily (typos). Within a tier, closer
+        word matches and labels with fewer other words rank first, then curated features.
+        A number also matches that feature id, ranked first. An empty query is a ValueError."""
+        query = str(query).strip()
+        if not query:
+            raise ValueError("empty search query")
+        hits = [self[int(query)]] if query.isdecimal() and int(query) < self.d_sae else []
+        if self._index is None:
+            self._index = _Index({i: self[i] for i in self._features.keys() | self._renames.keys()})
+        ranked = self._index.search(_words(query), top + 1)  # a spare in case it repeats the id hit
+        hits += [self[i] for i in ranked if not (hits and i == hits[0].id)]
+        return hits[:max(top, 0)]
+
+    def resolve(self, query: str | int) -> int:
+        """A feature id from an id (int or digits) or a name (the best search hit)."""
+        if isinstance(query, str) and query.strip().isdecimal():
+            query = int(query)
+        if not isinstance(query, str):
+            return self._check_id(query)
+        hits = self.search(query, top=1)
+        if not hits:
+            q = query.strip()
+            raise FeatureNotFound(f"no feature matches {q!r}; try `python -m chat search {shlex.quote(q)}`")
+        return hits[0].id
+
+    def rename(self, i: int, label: str) -> None:
+        i = self._check_id(i)
+        label = label.strip() if isinstance(label, str) else ""
+        if not label:
+            raise ValueError("a feature label cannot be empty")
+        if len(label) > MAX_LABEL_CHARS:
+            raise ValueError(f"a feature label can have at most {MAX_LABEL_CHARS} characters, got {len(label)}")
+        self._renames[i] = label
+        self._index = None
+        if self._renames_path is not None:
+            # Re-read first so renames saved meanwhile by another process (app + CLI) survive.
+            path = self._renames_path
+            stored = _read_renames(path) if path.exists() else {}
+            stored[i] = label
+            _write_atomic(path, json.dumps({str(k): v for k, v in sorted(stored.items())},
+                                           ensure_ascii=False, indent=1) + "\n")
+
+    def import_neuronpedia(self, path: Path) -> int:
+        """Set labels from a Neuronpedia explanations export; returns how many were set.
+
+        Reads JSON (a list of rows, or {"explanations": [...]}) or, for *.jsonl and *.jsonl.gz,
+        one row per line. Each row needs `index` (int or digit string) and `description`.
+        Curated features keep their labels; user renames still apply on top.
+        """
+        path = Path(path)
+        chosen: dict[int, tuple[int, str]] = {}  # index -> (type preference, description)
+        sources, out_of_range, unusable = set(), 0, 0
+        for row in _explanation_rows(path):
+            try:
+                index, description = int(row["index"]), row["description"].strip()
+            except (KeyError, TypeError, ValueError, AttributeError):
+                unusable += 1
+                continue
+            if not description:
+                unusable += 1
+            elif not 0 <= index < self.d_sae:
+                out_of_range += 1
+            else:
+                sources.add(f"{row.get('modelId')}/{row.get('layer')}")
+                rank = _TYPE_RANK.get(row.get("typeName"), len(_TYPE_RANK))
+                if index not in chosen or rank < chosen[index][0]:
+                    chosen[index] = (rank, description)
+        if not chosen and not out_of_range:
+            raise ValueError(f"{path}: no explanation rows with 'index' and 'description'")
+        if len(sources) > 1:
+            raise ValueError(f"{path} mixes several sources ({', '.join(sorted(sources))}); import one at a time")
+        if out_of_range or unusable:
+            warnings.warn(f"{path.name}: skipped {out_of_range} rows with an index outside 0..{self.d_sae - 1}"
+                          f" and {unusable} rows without an index or description", stacklevel=2)
+        imported = 0
+        for index, (_, description) in chosen.items():
+            feature = self._features.setdefault(index, Feature(index))
+            if not feature.curated:
+                feature.label = description
+                imported += 1
+        self._index = None
+        return imported
+
+    def _check_id(self, i: int) -> int:
+        i = operator.index(i)
+        if not 0 <= i < self.d_sae:
+            raise FeatureNotFound(f"feature id {i} out of range (this dictionary has {self.d_sae} features)")
+        return i
+
+    def _update_fallback(self) -> None:
+        known = [f.max_activation for f in self._features.values() if f.max_activation is not None]
+        self._fallback_max = statistics.median(known) if known else None
+
+
+class _Index:
+    """An inverted index over label words, for ranked, typo-tolerant search."""
+
+    def __init__(self, features: dict[int, Feature]) -> None:
+        self.words = {i: _words(f.label) for i, f in features.items() if f.label}
+        # Label length for ranking counts content words only: "references to X" is still about X.
+        self.length = {i: max(1, sum(w not in _STOP_WORDS for w in ws)) for i, ws in self.words.items()}
+        self.curated = {i for i, f in features.items() if f.curated}
+        self.postings: dict[str, set[int]] = defaultdict(set)
+        for i, words in self.words.items():
+            for w in words:
+                self.postings[w].add(i)
+        self.vocab = sorted(self.postings)  # for prefix scans with bisect
+        self.by_length: dict[int, list[str]] = defaultdict(list)
+        for w in self.vocab:
+            self.by_length[len(w)].append(w)
+
+    def word_matches(self, q: str) -> dict[str, tuple[int, float]]:
+        """Vocabulary words matching query word `q` -> (tier, closeness in 0..1)."""
+        found = {q: (_EXACT, 1.0)} if q in self.postings else {}
+        if len(q) >= _PREFIX_MIN_CHARS:
+            j = bisect_left(self.vocab, q)
+            while j < len(self.vocab) and self.vocab[j].startswith(q):
+                w = self.vocab[j]
+                found.setdefault(w, (_PREFIX, len(q) / len(w)))  # "dog": "dogs" > "dogma"
+                j += 1
+        if len(q) >= _FUZZY_MIN_CHARS:
+            matcher = SequenceMatcher(b=q)  # difflib caches its analysis of `b`
+            for n in range(len(q) * 2 // 3, len(q) * 3 // 2 + 1):  # lengths that can reach the cutoff
+                for w in self.by_length.get(n, ()):
+                    if w in found:
+                        continue
+                    matcher.set_seq1(w)
+                    # The cheap upper bounds first: most words fail there.
+                    if (matcher.real_quick_ratio() >= _FUZZY_CUTOFF and matcher.quick_ratio() >= _FUZZY_CUTOFF
+                            and (ratio := matcher.ratio()) >= _FUZZY_CUTOFF):
+                        found[w] = (_FUZZY, ratio)
+        return found
+
+    def search(self, query: tuple[str, ...], top: int) -> list[int]:
+        # Stop words only count when the query has nothing else ("the").
+        content = [w for w in query if w not in _STOP_WORDS] or list(query)
+        if not content:
+            return []
+        per_word = []  # for each query word: feature id -> its best (tier, closeness)
+        for q in content:
+            best: dict[int, tuple[int, float]] = {}
+            for w, match in self.word_matches(q).items():
+                for i in self.postings[w]:
+                    best[i] = max(best.get(i, match), match)
+            per_word.append(best)
+        ranked = []
+        for i in set.intersection(*(set(best) for best in per_word)):  # every word must match
+            matches = [best[i] for best in per_word]
+            tier = min(t for t, _ in matches)
+            if tier == _EXACT and _contains(self.words[i], query):
+                tier = _PHRASE
+            coverage = min(1.0, len(content) / self.length[i])
+            score = sum(c for _, c in matches) / len(matches) * (0.5 + 0.5 * coverage)
+            ranked.append((-tier, -round(score, 3), i not in self.curated, i))
+        return [key[-1] for key in heapq.nsmallest(top, ranked)]
+
+
+def neighbours(dictionary, i: int, k: int = 10) -> list[tuple[int, float]]:
+    """The k features whose decoder rows are closest to feature i's by cosine, most similar
+    first, excluding i. `dictionary` is anything with a `W_dec` (d_sae, d_in) tensor."""
+    W = dictionary.W_dec.detach().float()  # no copy for float32; exact maths for half types
+    d_sae = W.shape[0]
+    if not 0 <= i < d_sae:
+        raise FeatureNotFound(f"feature id {i} out of range (this dictionary has {d_sae} features)")
+    norms = W.norm(dim=1).clamp_min(1e-12)  # (d_sae,)
+    # Dividing the one mat-vec product by the norms equals normalising the rows first, without
+    # a normalised copy of W (150 MB at 16k x 2304).
+    cos = (W @ W[i]) / (norms * norms[i])  # (d_sae,)
+    cos[i] = -math.inf
+    top = torch.topk(cos, min(k, d_sae - 1))
+    return list(zip(top.indices.tolist(), top.values.tolist()))
+
+
+def _words(text: str) -> tuple[str, ...]:
+    """Lowercase words, apostrophes dropped and plurals folded, so "Dogs'" finds "dog"."""
+    text = text.casefold().replace("'", "").replace("\u2019", "")
+    return tuple(map(_singular, _WORD.findall(text)))
+
+
+@functools.cache  # the same few thousand words recur across 16k labels
+def _singular(w: str) -> str:
+    if len(w) > 4 and w.endswith("ies"):
+        return w[:-3] + "y"
+    if len(w) > 3 and w.endswith("s") and not w.endswith("ss"):
+        return w[:-1]
+    return w
+
+
+def _contains(words: tuple[str, ...], phrase: tuple[str, ...]) -> bool:
+    n = len(phrase)
+    return any(words[j:j + n] == phrase for j in range(len(words) - n + 1))
+
+
+def _finite_floats(values: Sequence[float]) -> list[float | None]:
+    values = values.tolist() if hasattr(values, "tolist") else list(values)  # tensors, arrays
+    return [float(v) if math.isfinite(float(v)) else None for v in values]  # JSON has no NaN
+
+
+def _read_features(path: Path, d_sae: int) -> dict[int, Feature]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a steerchat features file (expected \"format\": \"{FORMAT}\")")
+    if data.get("d_sae") != d_sae:
+        raise ValueError(f"{path} is for a dictionary with {data.get('d_sae')!r} features, this one has {d_sae}")
+    rows = data.get("features", [])
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: 'features' must be a list")
+    features: dict[int, Feature] = {}
+    for n, row in enumerate(rows):
+        feature = _parse_feature(row, d_sae, f"{path}: features[{n}]")
+        if feature.id in features:
+            raise ValueError(f"{path}: features[{n}]: duplicate id {feature.id}")
+        features[feature.id] = feature
+    return features
+
+
+def _parse_feature(row: object, d_sae: int, where: str) -> Feature:
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: must be an object, got {row!r}")
+    rest = dict(row)  # what is left after the known fields becomes `extra`
+
+    def take(name: str, types: tuple, default: object) -> object:
+        value = rest.pop(name, default)
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            raise ValueError(f"{where}: {name!r} must be {' or '.join(t.__name__ for t in types)}, got {value!r}")
+        return value
+
+    fid = take("id", (int,), None)
+    if not 0 <= fid < d_sae:
+        raise ValueError(f"{where}: id {fid} is out of range 0..{d_sae - 1}")
+    number = (int, float, type(None))
+    return Feature(id=fid, label=take("label", (str,), ""), max_activation=take("max_activation", number, None),
+                   density=take("density", number, None), curated=take("curated", (bool,), False),
+                   examples=take("examples", (list,), []), top_tokens=take("top_tokens", (list,), []), extra=rest)
+
+
+def _renames_file(key: str) -> Path:
+    if not re.fullmatch(r"[\w.-]+", key):
+        raise ValueError(f"a catalog key must be letters, digits, '.', '-' or '_', got {key!r}")
+    home = os.environ.get("STEERCHAT_HOME") or Path.home() / ".config" / "steerchat"
+    return Path(home) / "renames" / f"{key}.json"
+
+
+def _read_renames(path: Path) -> dict[int, str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(data, dict) or not all(k.isdecimal() and isinstance(v, str) for k, v in data.items()):
+        raise ValueError(f"{path} must map feature ids to labels, like {{\"123\": \"golden gate\"}}")
+    return {int(k): v for k, v in data.items()}
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Write via a temporary file and os.replace, so a crash never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace stays atomic
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _explanation_rows(path: Path) -> Iterator[dict]:
+    jsonl = path.name.removesuffix(".gz").endswith(".jsonl")
+    opener = gzip.open if path.name.endswith(".gz") else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        try:
+            if jsonl:  # streamed: a whole source's export is tens of MB
+                yield from (json.loads(line) for line in f if line.strip())
+                return
+            data = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} is not valid JSON{' lines' if jsonl else ''} ({e})") from None
+    rows = data.get("explanations") if isinstance(data, dict) else data
+    if not isinstance(rows, list):
+        raise ValueError(f"{path}: expected a list of explanation rows or {{\"explanations\": [...]}}")
+    yield from rows
