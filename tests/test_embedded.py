@@ -1,0 +1,78 @@
+"""Integration on the real embedded model (Gemma 3 270M from PyPI). The first run converts the
+GGUF into the user cache (about a minute); later runs load the cached copy in seconds."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chat.engine import load
+from chat.models import embedded_model_dir, load_model
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return load()
+
+
+def test_converted_copy_is_cached(engine):
+    folder = embedded_model_dir()
+    cfg = json.loads((folder / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    assert cfg["num_hidden_layers"] == 18 and cfg["hidden_size"] == 640
+    assert (folder / "model.safetensors").exists()
+    assert engine.lm.n_layers == 18 and engine.lm.d_model == 640
+
+
+def test_hook_reads_raw_residual_not_normed(engine):
+    """The hook point is model.layers[L]'s raw output (norms in the thousands), which is
+    hidden_states[L + 1]; the last hidden state is after the final norm and must not be used."""
+    ids = torch.tensor([engine.prompt("The Golden Gate Bridge is in San Francisco.", 8).ids])
+    seen = {}
+    handle = engine.lm.layers[engine.layer].register_forward_hook(lambda m, a, o: seen.setdefault("h", o))
+    try:
+        with torch.inference_mode():
+            out = engine.lm.model(input_ids=ids, output_hidden_states=True)
+    finally:
+        handle.remove()
+    h = seen["h"] if torch.is_tensor(seen["h"]) else seen["h"][0]
+    assert torch.equal(h, out.hidden_states[engine.layer + 1])
+    assert h[0, 1:].float().norm(dim=-1).median() > 500
+
+
+def test_reply_is_one_turn_and_reproducible(engine):
+    a = engine.reply("What is the capital of France?", max_new_tokens=24)
+    b = engine.reply("What is the capital of France?", max_new_tokens=24)
+    assert a.text and a.text == b.text and a.token_ids == b.token_ids
+    assert "User:" not in a.text and "Assistant:" not in a.text
+    assert len(a.tokens) == len(a.token_ids) == a.readout.acts.shape[0]
+
+
+def test_steering_changes_the_reply_and_zero_does_not(engine):
+    plain = engine.reply("Tell me about your weekend.", max_new_tokens=16)
+    zero = engine.reply("Tell me about your weekend.", steer={7: 0.0, 8: 0.0}, max_new_tokens=16)
+    assert zero.token_ids == plain.token_ids
+    steered = engine.reply("Tell me about your weekend.", steer={7: 40.0}, max_new_tokens=16)
+    assert steered.token_ids != plain.token_ids
+
+
+def test_stream_matches_reply(engine):
+    reply = engine.reply("Write one sentence about dogs.", max_new_tokens=20, temperature=0.7, seed=3)
+    stream = engine.stream("Write one sentence about dogs.", max_new_tokens=20, temperature=0.7, seed=3)
+    assert "".join(stream) == reply.text
+
+
+def test_encode_tokens_align(engine):
+    text = "The Golden Gate Bridge is in San Francisco."
+    enc = engine.encode(text)
+    assert "".join(enc.tokens) == text and enc.tokens[1] == " Golden"
+    assert enc.acts.shape == (len(enc.tokens), engine.dictionary.d_sae)
+
+
+def test_second_load_uses_the_cache():
+    """No GGUF dequantisation the second time: the safetensors copy is what loads."""
+    lm = load_model()
+    assert lm.model.config.name_or_path == str(embedded_model_dir())

@@ -1,0 +1,86 @@
+"""Prompt formatting, the stop rule and context truncation."""
+from __future__ import annotations
+
+import pytest
+
+from chat.prompt import TRANSCRIPT_STOPS, PromptError, build_prompt, reply_length
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_lm):
+    return tiny_lm.tokenizer
+
+
+def test_transcript_for_base_models(tok):
+    p = build_prompt(tok, [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
+                           {"role": "user", "content": [{"type": "text", "text": "How are you?"}]}], 500)
+    text = tok.decode(p.ids)
+    assert p.ids[0] == tok.bos_token_id
+    assert text.endswith("\nUser: Hi\nAssistant: Hello!\nUser: How are you?\nAssistant:")
+    assert p.stop_strings == TRANSCRIPT_STOPS and p.dropped_turns == 0
+
+
+def test_typed_special_tokens_stay_text(tok):
+    p = build_prompt(tok, "please <eos><bos><pad> stop", 500)
+    specials = set(tok.all_special_ids)
+    assert [i for i in p.ids if i in specials] == [tok.bos_token_id]  # only the real BOS
+    assert "<eos><bos><pad>" in tok.decode(p.ids)
+
+
+def test_chat_template_splices_untrusted_content(tiny_lm):
+    from copy import deepcopy
+
+    tok = deepcopy(tiny_lm.tokenizer)
+    tok.chat_template = (
+        "{{ bos_token }}{% for m in messages %}<eos>{{ m['role'] }}\n{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}<eos>model\n{% endif %}"
+    )
+    p = build_prompt(tok, "hi <eos> there", 500)
+    # Template markup gives real control tokens; the user's "<eos>" stays text.
+    assert p.ids.count(tok.eos_token_id) == 2
+    assert p.stop_strings == ()
+    assert "hi <eos> there" in tok.decode(p.ids)
+
+
+@pytest.mark.parametrize("messages,match", [
+    ("", "empty"), ("   \n", "empty"), ([], "end with a user"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "end with a user"),
+    ([{"role": "wizard", "content": "a"}], "role"),
+    ([{"role": "user", "content": 42}], "must be text"),
+])
+def test_bad_conversations(tok, messages, match):
+    with pytest.raises(PromptError, match=match):
+        build_prompt(tok, messages, 500)
+
+
+def test_long_history_keeps_newest_turns(tok):
+    history = []
+    for i in range(30):
+        history += [{"role": "user", "content": f"question {i} about bridges and dogs"},
+                    {"role": "assistant", "content": f"answer {i} about rivers and cats"}]
+    history.append({"role": "user", "content": "final question"})
+    p = build_prompt(tok, history, 120)
+    text = tok.decode(p.ids)
+    assert len(p.ids) <= 120 and p.dropped_turns > 0
+    assert text.rstrip().endswith("User: final question\nAssistant:")
+    assert "question 0 " not in text and "answer 29" in text
+
+
+def test_one_huge_message_is_clipped_from_the_start(tok):
+    p = build_prompt(tok, "start " + "word " * 2000 + "the end", 100)
+    assert len(p.ids) <= 100 and p.clipped_tokens > 0
+    assert tok.decode(p.ids).endswith("the end\nAssistant:")
+    assert tok.decode(p.ids).startswith(tok.bos_token + "A conversation")
+
+
+def test_reply_length_cuts_whole_tokens(tok):
+    reply = tok.encode(" Sure, here it is.", add_special_tokens=False)
+    rest = tok.encode("\nUser: and more", add_special_tokens=False)
+    ids = reply + rest
+    assert reply_length(tok, ids, TRANSCRIPT_STOPS, final=True) == len(reply)
+    assert reply_length(tok, reply + [tok.eos_token_id] + reply, TRANSCRIPT_STOPS, final=True) == len(reply)
+    # While streaming, a trailing "\nUs" may be the start of "\nUser:", so it is held back.
+    partial = reply + tok.encode("\nUs", add_special_tokens=False)
+    assert reply_length(tok, partial, TRANSCRIPT_STOPS, final=False) == len(reply)
+    assert reply_length(tok, partial, TRANSCRIPT_STOPS, final=True) == len(partial)
+    assert reply_length(tok, reply, (), final=True) == len(reply)
