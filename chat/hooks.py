@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor
@@ -94,6 +94,26 @@ class _LayerHooks:
         if edited is h:
             return None  # untouched: the layer's own output object goes on, bit for bit
         return edited if isinstance(output, Tensor) else (edited, *output[1:])
+
+
+@contextmanager
+def on_output(module: torch.nn.Module, fn: Callable[[Tensor], Tensor | None]) -> Iterator[None]:
+    """Call `fn(hidden)` on `module`'s output inside the `with` block (tensor or tuple outputs);
+    a tensor it returns replaces the output. For dictionary training and evaluation, which run
+    one caller at a time; steering uses `attach`."""
+
+    def hook(mod, args, output):
+        h = output if isinstance(output, Tensor) else output[0]  # (B, T, d_model)
+        new = fn(h)
+        if new is None:
+            return None
+        return new if isinstance(output, Tensor) else (new, *output[1:])
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @contextmanager

@@ -1,0 +1,125 @@
+"""Training text: read documents from local files, split train / held-out, pack into sequences.
+
+Readers know the offline sources we use (Debian text packages): plain text (also .gz), HTML,
+GNU info, WordNet data files (one "word: gloss" line per concept) and fortune files. Every
+document is cut into pieces of about `PIECE_CHARS` at paragraph breaks; each piece goes to
+train or held-out by a hash of its text, so the split is stable and never mixes.
+
+Packed sequences start with BOS and hold no other special token: Gemma never saw a BOS
+mid-text, and a dictionary must not learn from one.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html.parser
+import re
+from pathlib import Path
+from typing import Iterable, Iterator
+
+PIECE_CHARS = 4000
+HELDOUT_PERCENT = 2
+
+
+def _read_text(path: Path) -> str:
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    return raw.decode("utf-8", errors="replace")
+
+
+class _HTMLText(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.parts: list[str] = []
+        self.skip = 0
+
+    def handle_starttag(self, tag, attrs):
+        self.skip += tag in ("script", "style")
+        if tag in ("p", "div", "br", "li", "pre", "h1", "h2", "h3", "tr"):
+            self.parts.append("\n\n" if tag != "br" else "\n")
+
+    def handle_endtag(self, tag):
+        self.skip -= tag in ("script", "style") and self.skip > 0
+
+    def handle_data(self, data):
+        if not self.skip:
+            self.parts.append(data)
+
+
+def html_text(source: str) -> str:
+    parser = _HTMLText()
+    parser.feed(source)
+    return re.sub(r"\n{3,}", "\n\n", "".join(parser.parts))
+
+
+def wordnet_glosses(source: str) -> Iterator[str]:
+    """WordNet data.* lines -> "word, synonym: gloss; examples" (license header skipped)."""
+    for line in source.splitlines():
+        if line.startswith(" ") or "|" not in line:
+            continue
+        head, gloss = line.split("|", 1)
+        fields = head.split()
+        n_words = int(fields[3], 16)
+        words = [fields[4 + 2 * i].replace("_", " ") for i in range(n_words)]
+        yield f"{', '.join(words)}: {gloss.strip()}"
+
+
+def documents(path: Path) -> Iterator[str]:
+    """Documents in a file or, recursively and in sorted order, a folder."""
+    path = Path(path)
+    if path.is_dir():
+        for child in sorted(path.rglob("*")):
+            if child.is_file() and not child.name.endswith((".dat", ".u8", ".js", ".css", ".png", ".pdf")):
+                yield from documents(child)
+        return
+    text = _read_text(path)
+    name = path.name.removesuffix(".gz")
+    if path.parent.name == "wordnet" and name.startswith("data."):
+        glosses = list(wordnet_glosses(text))
+        for i in range(0, len(glosses), 20):  # 20 concepts a document
+            yield "\n".join(glosses[i:i + 20])
+    elif name.endswith((".html", ".htm")):
+        yield html_text(text)
+    elif name.endswith(".info"):
+        yield from (node for node in text.split("\x1f") if node.strip())
+    elif "\n%\n" in text:  # fortune files: quotes separated by lines holding a single %
+        yield from (q for q in text.split("\n%\n") if q.strip())
+    else:
+        yield text
+
+
+def pieces(text: str, size: int = PIECE_CHARS) -> Iterator[str]:
+    """Cut text at paragraph breaks into pieces of about `size` characters."""
+    buf = ""
+    for para in re.split(r"\n\s*\n", text):
+        if buf and len(buf) + len(para) > size:
+            yield buf
+            buf = ""
+        buf = f"{buf}\n\n{para}" if buf else para
+    if buf.strip():
+        yield buf
+
+
+def is_heldout(piece: str, percent: int = HELDOUT_PERCENT) -> bool:
+    return int(hashlib.sha1(piece.encode()).hexdigest()[:8], 16) % 100 < percent
+
+
+def split_pieces(paths: Iterable[Path], heldout: bool) -> Iterator[str]:
+    """The train (heldout=False) or held-out (True) pieces of all documents under `paths`."""
+    for path in paths:
+        for doc in documents(path):
+            for piece in pieces(doc):
+                if is_heldout(piece) == heldout:
+                    yield piece
+
+
+def pack(tokenizer, texts: Iterable[str], seq_len: int) -> Iterator[list[int]]:
+    """Token sequences of exactly `seq_len`: BOS, then text; texts joined by a blank line."""
+    sep = tokenizer.encode("\n\n", add_special_tokens=False)
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    body = seq_len - len(bos)
+    buf: list[int] = []
+    for text in texts:
+        buf += tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True) + sep
+        while len(buf) >= body:
+            yield bos + buf[:body]
+            buf = buf[body:]

@@ -1,0 +1,96 @@
+"""How good is a dictionary on held-out text?
+
+- fvu: fraction of variance unexplained, Σ‖x − x̂‖² / Σ‖x − mean(x)‖² over all tokens
+- l0: mean number of features active per token
+- dead_fraction: features that never fire on the held-out set
+- ce_loss_recovered: (CE_zero − CE_spliced) / (CE_zero − CE_clean), where CE_spliced is the LM
+  loss with the reconstruction spliced in at layer L and CE_zero with zeros there (at the same,
+  non-special positions). 1 = as good as the model itself, 0 = as bad as deleting the layer.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterable, NamedTuple
+
+import torch
+from torch import Tensor
+
+from chat.hooks import on_output
+from chat.models import LoadedModel
+from features.dictionary import Dictionary
+
+
+class EvalResult(NamedTuple):
+    fvu: float
+    l0: float
+    dead_fraction: float
+    ce_loss_recovered: float
+    ce_clean: float
+    ce_spliced: float
+    ce_zero: float
+    tokens: int
+
+    def summary(self) -> dict:
+        return {"fvu": self.fvu, "l0": self.l0, "dead_fraction": self.dead_fraction,
+                "ce_loss_recovered": self.ce_loss_recovered, "tokens": self.tokens}
+
+
+def _lm_loss(lm: LoadedModel, ids: Tensor, layer: int, edit=None) -> Tensor:
+    """Summed next-token CE over positions 1.. of ids (B, T), with `edit(h) -> h` at `layer`."""
+    ids = ids.to(lm.device)
+    with torch.inference_mode(), on_output(lm.layers[layer], edit or (lambda h: None)):
+        logits = lm.model(input_ids=ids, use_cache=False).logits.float()  # (B, T, V)
+    return torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum"
+    )
+
+
+def evaluate(lm: LoadedModel, dictionary: Dictionary, layer: int, sequences: Iterable[list[int]],
+             *, max_tokens: int = 100_000, batch_size: int = 8) -> EvalResult:
+    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
+    d = dictionary
+    err_ss = torch.zeros((), dtype=torch.float64)
+    sum_x = torch.zeros(d.d_in, dtype=torch.float64)
+    sum_sq = torch.zeros((), dtype=torch.float64)
+    l0_sum, tokens, ce_tokens = 0.0, 0, 0
+    fired = torch.zeros(d.d_sae, dtype=torch.bool)
+    ce = {"clean": 0.0, "spliced": 0.0, "zero": 0.0}
+    stream = iter(sequences)
+    while tokens < max_tokens:
+        batch = list(itertools.islice(stream, batch_size))
+        if not batch:
+            break
+        ids = torch.tensor(batch)  # (B, T)
+        keep = ~torch.isin(ids, special)  # (B, T)
+
+        def splice(h: Tensor, zero: bool = False) -> Tensor:
+            mask = keep.to(h.device).unsqueeze(-1)  # (B, T, 1)
+            if zero:
+                return torch.where(mask, torch.zeros_like(h), h)
+            enc = d.encode(h)
+            x, x_hat = h.float()[keep], d.decode(enc.acts)[keep]  # (N, d)
+            nonlocal err_ss, sum_sq, l0_sum
+            err_ss += (x - x_hat).double().pow(2).sum().cpu()
+            sum_x.add_(x.double().sum(0).cpu())
+            sum_sq += x.double().pow(2).sum().cpu()
+            active = enc.acts[keep] > 0  # (N, d_sae)
+            l0_sum += float(active.sum())
+            fired.logical_or_(active.any(0).cpu())
+            return torch.where(mask, d.decode(enc.acts).to(h.dtype), h)
+
+        ce["clean"] += float(_lm_loss(lm, ids, layer))
+        ce["spliced"] += float(_lm_loss(lm, ids, layer, splice))
+        ce["zero"] += float(_lm_loss(lm, ids, layer, lambda h: splice(h, zero=True)))
+        tokens += int(keep.sum())
+        ce_tokens += ids.shape[0] * (ids.shape[1] - 1)
+    if tokens == 0:
+        raise ValueError("no held-out tokens to evaluate on")
+    total_ss = sum_sq - sum_x.pow(2).sum() / tokens  # Σ‖x − mean‖²
+    clean, spliced, zero = (ce[k] / ce_tokens for k in ("clean", "spliced", "zero"))
+    return EvalResult(
+        fvu=float(err_ss / total_ss),
+        l0=l0_sum / tokens,
+        dead_fraction=float(1 - fired.float().mean()),
+        ce_loss_recovered=(zero - spliced) / (zero - clean),
+        ce_clean=clean, ce_spliced=spliced, ce_zero=zero, tokens=tokens,
+    )

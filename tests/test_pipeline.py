@@ -1,0 +1,111 @@
+"""Dictionary-learning data path on a tiny model: corpus readers, packing, harvest, evaluate."""
+from __future__ import annotations
+
+import gzip
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from features.corpus import documents, is_heldout, pack, pieces, split_pieces
+from features.dictionary import Dictionary
+from features.evaluate import evaluate
+from features.harvest import harvest, residuals
+
+WORDNET = (
+    "  1 This software and database is being provided to you, the LICENSEE, by  \n"
+    "00005930 03 n 01 dwarf 0 001 @ 00004475 n 0000 | a plant or animal that is atypically small  \n"
+    "00006024 03 n 02 heterotroph 0 consumer 0 001 @ 00004475 n 0000 | an organism that depends on complex organic substances  \n"
+)
+
+
+@pytest.fixture
+def corpus_dir(tmp_path):
+    root = tmp_path / "corpus"
+    (root / "wordnet").mkdir(parents=True)
+    (root / "wordnet" / "data.noun").write_text(WORDNET)
+    (root / "notes.txt").write_text("First paragraph about bridges.\n\nSecond paragraph about dogs <eos> here.")
+    with gzip.open(root / "jargon.txt.gz", "wt") as f:
+        f.write("hacker: one who enjoys the intellectual challenge of creatively overcoming limitations.")
+    (root / "page.html").write_text("<html><style>p{}</style><body><h1>Title</h1><p>Hello <b>world</b></p></body></html>")
+    (root / "cookie").write_text("A quote.\n%\nAnother quote.\n%\n")
+    (root / "cookie.dat").write_bytes(b"\x00\x01")
+    return root
+
+
+def test_documents_from_each_source(corpus_dir):
+    docs = list(documents(corpus_dir))
+    assert "Title" in docs[3] or any("Hello world" in d for d in docs)
+    assert any("dwarf: a plant or animal that is atypically small" in d for d in docs)
+    assert any("heterotroph, consumer: an organism" in d for d in docs)
+    assert not any("LICENSEE" in d for d in docs)
+    assert "A quote." in docs and "Another quote." in docs
+    assert any(d.startswith("hacker:") for d in docs)
+    assert not any("p{}" in d for d in docs)
+
+
+def test_split_is_stable_and_disjoint(corpus_dir):
+    text = "\n\n".join(f"Paragraph number {i} about something." for i in range(3000))
+    parts = list(pieces(text, size=500))
+    assert all(len(p) <= 600 for p in parts) and "".join(parts).count("Paragraph") == 3000
+    held = [p for p in parts if is_heldout(p)]
+    assert 0 < len(held) < len(parts) * 0.1
+    assert [p for p in parts if is_heldout(p)] == held  # deterministic
+    train = set(split_pieces([corpus_dir], heldout=False))
+    assert not train & set(split_pieces([corpus_dir], heldout=True))
+
+
+def test_pack_has_bos_only_at_the_start(tiny_lm):
+    tok = tiny_lm.tokenizer
+    seqs = list(pack(tok, ["The Golden Gate <eos> Bridge <bos>."] * 40, seq_len=32))
+    assert len(seqs) > 3 and all(len(s) == 32 for s in seqs)
+    special = set(tok.all_special_ids)
+    assert all(s[0] == tok.bos_token_id and not special & set(s[1:]) for s in seqs)
+
+
+def _sequences(tok, n=40):
+    return list(pack(tok, [f"Sentence {i} about bridges, dogs and the weather." for i in range(n)], seq_len=24))
+
+
+def test_harvest_matches_hidden_states_and_resumes(tiny_lm, tmp_path):
+    seqs = _sequences(tiny_lm.tokenizer)
+    shards = harvest(tiny_lm, 1, seqs, tmp_path / "full", max_tokens=200, batch_size=2, shard_tokens=60, progress=False)
+    acts = torch.cat([load_file(s)["acts"] for s in shards])  # (N, d)
+    assert acts.shape == (200, 32) and acts.dtype == torch.float16
+    # Same as the model's own hidden_states[L + 1] at non-BOS positions.
+    with torch.inference_mode():
+        hs = tiny_lm.model(input_ids=torch.tensor(seqs[:9]), output_hidden_states=True).hidden_states[2]
+    expected = hs[:, 1:].reshape(-1, 32)[:200].half()
+    assert torch.allclose(acts.float(), expected.float(), atol=1e-2)
+    assert torch.equal(residuals(tiny_lm, 1, torch.tensor(seqs[:1]))[0, 1:], hs[0, 1:].float())
+
+    def interrupted():
+        for i, s in enumerate(seqs):
+            if i == 5:
+                raise KeyboardInterrupt
+            yield s
+
+    with pytest.raises(KeyboardInterrupt):
+        harvest(tiny_lm, 1, interrupted(), tmp_path / "resumed", max_tokens=200, batch_size=2,
+                shard_tokens=60, progress=False)
+    assert len(json.loads((tmp_path / "resumed" / "manifest.json").read_text())["shards"]) == 1
+    again = harvest(tiny_lm, 1, seqs, tmp_path / "resumed", max_tokens=200, batch_size=2, shard_tokens=60,
+                    progress=False)
+    assert torch.equal(torch.cat([load_file(s)["acts"] for s in again]), acts)
+    with pytest.raises(ValueError, match="other settings"):
+        harvest(tiny_lm, 2, seqs, tmp_path / "resumed", max_tokens=200, progress=False)
+
+
+def test_evaluate_perfect_and_random_dictionaries(tiny_lm):
+    seqs = _sequences(tiny_lm.tokenizer)
+    eye = torch.eye(32)
+    perfect = Dictionary(W_enc=torch.cat([eye, -eye], 1), b_enc=torch.zeros(64), W_dec=torch.cat([eye, -eye], 0),
+                         b_dec=torch.zeros(32), activation="relu", apply_b_dec_to_input=False)
+    good = evaluate(tiny_lm, perfect, 1, seqs, max_tokens=150, batch_size=4)
+    assert good.fvu < 1e-6 and good.ce_loss_recovered == pytest.approx(1.0, abs=1e-3)
+    assert good.l0 == pytest.approx(32, abs=1) and good.tokens >= 150
+    bad = evaluate(tiny_lm, Dictionary.random(32, 64, activation="topk", k=2, seed=0), 1, seqs, max_tokens=150)
+    # (CE recovered is meaningless on a random model, where deleting a layer may even help.)
+    assert bad.fvu > 0.3 and bad.l0 == 2 and bad.ce_spliced != bad.ce_clean
+    assert 0 < bad.dead_fraction < 1 and bad.ce_clean == pytest.approx(good.ce_clean)
