@@ -1,7 +1,9 @@
 """Harvest residual activations at one layer into shards on disk, resumably.
 
 The model runs only up to layer L (the hook stops the forward pass there). BOS and special
-positions are dropped. Shards are safetensors files holding `acts` (N, d_model) float16;
+positions are dropped, and so are attention-sink outliers (a residual norm over OUTLIER_FACTOR
+times the batch median; Gemma has a few such tokens besides BOS, and they would dominate the
+training loss, as dictionary_learning and sparsify found). Shards are safetensors files holding `acts` (N, d_model) float16;
 `manifest.json` records each finished shard and how many sequences it consumed, so a restart
 skips exactly the sequences already harvested and goes on.
 """
@@ -21,6 +23,7 @@ from chat.hooks import StopForward, on_output
 from chat.models import LoadedModel
 
 FP16_MAX = 65504.0
+OUTLIER_FACTOR = 10.0
 
 
 def residuals(lm: LoadedModel, layer: int, batch: Tensor) -> Tensor:
@@ -89,8 +92,10 @@ def harvest(
             break
         ids = torch.tensor(batch)  # (B, T)
         h = residuals(lm, layer, ids)  # (B, T, d)
-        keep = ~torch.isin(ids, special)  # (B, T) no BOS / special positions
-        acts = h[keep.to(h.device)].cpu()  # (N, d)
+        keep = ~torch.isin(ids, special).to(h.device)  # (B, T) no BOS / special positions
+        norms = h.norm(dim=-1)  # (B, T)
+        keep &= norms <= OUTLIER_FACTOR * norms[keep].median()
+        acts = h[keep].cpu()  # (N, d)
         if acts.abs().max() > FP16_MAX:
             raise ValueError(f"activations at layer {layer} exceed the float16 range; cannot store them")
         rows.append(acts.half())

@@ -109,3 +109,16 @@ def test_evaluate_perfect_and_random_dictionaries(tiny_lm):
     # (CE recovered is meaningless on a random model, where deleting a layer may even help.)
     assert bad.fvu > 0.3 and bad.l0 == 2 and bad.ce_spliced != bad.ce_clean
     assert 0 < bad.dead_fraction < 1 and bad.ce_clean == pytest.approx(good.ce_clean)
+
+
+def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
+    import features.harvest as hv
+
+    seqs = _sequences(tiny_lm.tokenizer)[:2]
+    monkeypatch.setattr(hv, "OUTLIER_FACTOR", 1.0)  # "outlier" = above the median norm
+    shards = harvest(tiny_lm, 1, seqs, tmp_path, max_tokens=1000, batch_size=2, progress=False)
+    kept = load_file(shards[0])["acts"].float()
+    h = residuals(tiny_lm, 1, torch.tensor(seqs))[:, 1:].reshape(-1, 32)
+    median = h.norm(dim=-1).median()
+    assert kept.shape[0] == int((h.norm(dim=-1) <= median).sum()) < h.shape[0]
+    assert bool((kept.norm(dim=-1) <= median * 1.01).all())

@@ -1,0 +1,129 @@
+"""`python -m features harvest | train | evaluate`: learn a dictionary for a model, and measure it.
+
+    python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
+    python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
+    python -m features evaluate --dictionary runs/l9-sae/dictionary --json
+
+Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
+packages listed in DEFAULT_TEXT (install them with apt-get). Harvest and train resume when
+re-run with the same arguments after an interruption.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+# Freely licensed, human-written text that installs from Debian (apt-get install wordnet-base
+# fortunes fortunes-min python3.11-doc jargon-text debian-reference-en).
+DEFAULT_TEXT = (
+    "/usr/share/wordnet",
+    "/usr/share/games/fortunes",
+    "/usr/share/info/python3.11.info.gz",
+    "/usr/share/doc/jargon-text/jargon.txt.gz",
+    "/usr/share/debian-reference",
+)
+
+
+def _text_paths(given: list[str] | None) -> list[Path]:
+    paths = [Path(p) for p in (given or DEFAULT_TEXT)]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing:
+        raise ValueError(f"text not found: {', '.join(missing)} (install the Debian packages, or pass --text)")
+    return paths
+
+
+def _sequences(lm, args, heldout: bool):
+    from features.corpus import pack, split_pieces
+
+    return pack(lm.tokenizer, split_pieces(_text_paths(args.text), heldout=heldout), args.seq_len)
+
+
+def cmd_harvest(args) -> None:
+    from chat.models import load_model
+    from features.harvest import harvest
+
+    lm = load_model(args.model)
+    shards = harvest(lm, args.layer, _sequences(lm, args, heldout=False), Path(args.out),
+                     max_tokens=args.tokens, batch_size=args.batch_size)
+    print(f"{len(shards)} shards in {args.out}")
+
+
+def cmd_train(args) -> None:
+    from features import formats
+    from features.train import TrainConfig, train
+
+    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
+    shards = [Path(args.shards) / s["file"] for s in manifest["shards"]]
+    cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
+                      hook_layer=manifest["layer"], seed=args.seed)
+    result = train(shards, cfg, Path(args.out))
+    folder = formats.save(result.dictionary, Path(args.out) / "dictionary", model_name=manifest["model"])
+    print(f"trained {result.steps} steps on {result.tokens} tokens: FVU {result.fvu:.3f}, "
+          f"dead {result.dead_fraction:.1%}; saved to {folder}")
+
+
+def cmd_evaluate(args) -> None:
+    from chat.engine import load
+    from features.evaluate import evaluate
+
+    engine = load(args.model, args.dictionary, args.layer)
+    result = evaluate(engine.lm, engine.dictionary, engine.layer, _sequences(engine.lm, args, heldout=True),
+                      max_tokens=args.tokens)
+    if args.json:
+        print(json.dumps(result.summary()))
+    else:
+        for key, value in result._asdict().items():
+            print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def text_args(p):
+        p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+        p.add_argument("--text", action="append", help="text file or folder (repeatable; default: Debian text)")
+        p.add_argument("--seq-len", type=int, default=256)
+
+    p = sub.add_parser("harvest", help="residual activations at one layer -> shards on disk")
+    text_args(p)
+    p.add_argument("--layer", type=int, required=True)
+    p.add_argument("--tokens", type=int, default=10_000_000)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("train", help="train a TopK dictionary on harvested shards")
+    p.add_argument("--shards", required=True, help="a harvest folder")
+    p.add_argument("--d-sae", type=int, default=16384)
+    p.add_argument("--k", type=int, default=32)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--tokens", type=int, help="default: every harvested token once")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+
+    p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
+    text_args(p)
+    p.add_argument("--dictionary", help="default: the embedded one")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    from chat.errors import USER_ERRORS
+
+    try:
+        {"harvest": cmd_harvest, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+    except (*USER_ERRORS, FileNotFoundError) as e:
+        if os.environ.get("STEERCHAT_DEBUG"):
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
