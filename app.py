@@ -36,17 +36,9 @@ class LazyEngine:
 
 def parse_steer_text(text: str) -> dict[str, float]:
     """'bridge = 4\\n1234=-2' -> {"bridge": 4.0, "1234": -2.0}; one-line errors."""
-    from chat.steering import SteeringError, parse_strength
+    from chat.steering import parse_steer_items
 
-    out: dict[str, float] = {}
-    for line in (text or "").splitlines():
-        if not line.strip():
-            continue
-        feature, sep, strength = line.rpartition("=")
-        if not sep or not feature.strip():
-            raise SteeringError(f"steering lines look like 'feature = strength', got {line.strip()!r}")
-        out[feature.strip()] = parse_strength(strength.strip())
-    return out
+    return parse_steer_items(line for line in (text or "").splitlines() if line.strip())
 
 
 def features_markdown(engine, reply) -> str:

@@ -13,21 +13,6 @@ import sys
 EXIT_USER_ERROR = 2
 
 
-def _parse_steer(items: list[str]) -> dict[str, float]:
-    from chat.steering import SteeringError, parse_strength
-
-    out: dict[str, float] = {}
-    for item in items:
-        feature, sep, strength = item.rpartition("=")
-        if not sep or not feature.strip():
-            raise SteeringError(f"--steer takes FEATURE=STRENGTH (e.g. 1234=6 or 'golden gate=4'), got {item!r}")
-        key = feature.strip()
-        if key in out:
-            raise SteeringError(f"feature {key!r} is steered twice")
-        out[key] = parse_strength(strength)
-    return out
-
-
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
     p.add_argument("--dictionary", help="local path or hub 'owner/repo/sub/folder' (default: the embedded one)")
@@ -74,9 +59,9 @@ def _engine(args):
 
 
 def cmd_reply(args) -> None:
-    from chat.steering import MODES, SteeringError
+    from chat.steering import MODES, SteeringError, parse_steer_items
 
-    steer = _parse_steer(args.steer)  # fail fast, before loading the model
+    steer = parse_steer_items(args.steer)  # fail fast, before loading the model
     if args.mode not in MODES:
         raise SteeringError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
     engine = _engine(args)

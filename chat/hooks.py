@@ -62,8 +62,7 @@ class Recorder:
 class _LayerHooks:
     def __init__(self, lm: LoadedModel, steerer: FeatureSteerer, recorder: Recorder | None, stop_after: bool):
         self.owner = threading.get_ident()
-        self.special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)), dtype=torch.long)
-        self.steerer, self.recorder, self.stop_after = steerer, recorder, stop_after
+        self.lm, self.steerer, self.recorder, self.stop_after = lm, steerer, recorder, stop_after
         self.seen = 0  # positions processed by earlier forward passes of this call
         self.ids: Tensor | None = None  # (B, T) token ids of the current forward pass
 
@@ -81,7 +80,7 @@ class _LayerHooks:
             return None
         h = output if isinstance(output, Tensor) else output[0]  # (B, T, d_model)
         if self.ids is not None and self.ids.shape == h.shape[:2]:
-            keep = ~torch.isin(self.ids, self.special.to(self.ids.device))  # (B, T)
+            keep = self.lm.content_mask(self.ids)  # (B, T)
         else:
             keep = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         keep = keep.to(h.device)

@@ -46,6 +46,12 @@ class LoadedModel:
     def d_model(self) -> int:
         return self.model.config.get_text_config().hidden_size
 
+    def content_mask(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, T) token ids -> (B, T) bool: False at BOS and other special tokens, which are
+        never steered, read out or learned from."""
+        special = torch.tensor(sorted(set(self.tokenizer.all_special_ids)), device=ids.device)
+        return ~torch.isin(ids, special)
+
     @property
     def context_length(self) -> int:
         cfg = self.model.config.get_text_config()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 from torch import Tensor
@@ -45,6 +45,20 @@ def parse_strength(value) -> float:
             f"strength {s:g} is outside ±{MAX_STRENGTH:g} (units: multiples of the feature's max activation)"
         )
     return s
+
+
+def parse_steer_items(items: Iterable[str]) -> dict[str, float]:
+    """["golden gate = 4", "1234=-2"] -> {"golden gate": 4.0, "1234": -2.0} (CLI --steer, app)."""
+    out: dict[str, float] = {}
+    for item in items:
+        feature, sep, strength = item.rpartition("=")
+        key = feature.strip()
+        if not sep or not key:
+            raise SteeringError(f"steering takes FEATURE=STRENGTH (e.g. 1234=6 or 'golden gate=4'), got {item.strip()!r}")
+        if key in out:
+            raise SteeringError(f"feature {key!r} is steered twice")
+        out[key] = parse_strength(strength.strip())
+    return out
 
 
 @dataclass(frozen=True)

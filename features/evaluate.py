@@ -47,7 +47,6 @@ def _lm_loss(lm: LoadedModel, ids: Tensor, layer: int, edit=None) -> Tensor:
 
 def evaluate(lm: LoadedModel, dictionary: Dictionary, layer: int, sequences: Iterable[list[int]],
              *, max_tokens: int = 100_000, batch_size: int = 8) -> EvalResult:
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
     d = dictionary
     err_ss = torch.zeros((), dtype=torch.float64)
     sum_x = torch.zeros(d.d_in, dtype=torch.float64)
@@ -61,7 +60,7 @@ def evaluate(lm: LoadedModel, dictionary: Dictionary, layer: int, sequences: Ite
         if not batch:
             break
         ids = torch.tensor(batch)  # (B, T)
-        keep = ~torch.isin(ids, special)  # (B, T)
+        keep = lm.content_mask(ids)  # (B, T)
 
         def splice(h: Tensor, zero: bool = False) -> Tensor:
             mask = keep.to(h.device).unsqueeze(-1)  # (B, T, 1)

@@ -72,7 +72,6 @@ def harvest(
         raise ValueError(f"{out_dir} holds a harvest with other settings; use a new folder")
     done_tokens = sum(s["tokens"] for s in manifest["shards"])
     done_sequences = sum(s["sequences"] for s in manifest["shards"])
-    special = torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))
     stream = itertools.islice(iter(sequences), done_sequences, None)
     bar = tqdm(total=max_tokens, initial=done_tokens, unit="tok", disable=not progress, desc=f"harvest L{layer}")
     rows: list[Tensor] = []
@@ -92,7 +91,7 @@ def harvest(
             break
         ids = torch.tensor(batch)  # (B, T)
         h = residuals(lm, layer, ids)  # (B, T, d)
-        keep = ~torch.isin(ids, special).to(h.device)  # (B, T) no BOS / special positions
+        keep = lm.content_mask(ids).to(h.device)  # (B, T) no BOS / special positions
         norms = h.norm(dim=-1)  # (B, T)
         keep &= norms <= OUTLIER_FACTOR * norms[keep].median()
         acts = h[keep].cpu()  # (N, d)
