@@ -1,7 +1,8 @@
-"""`python -m features harvest | train | evaluate`: learn a dictionary for a model, and measure it.
+"""`python -m features harvest | train | label | evaluate`: learn a dictionary for a model, and measure it.
 
     python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
+    python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -79,6 +80,26 @@ def cmd_evaluate(args) -> None:
             print(f"{key:>18}: {value:.4f}" if isinstance(value, float) else f"{key:>18}: {value}")
 
 
+def cmd_label(args) -> None:
+    from dataclasses import replace
+
+    from chat.engine import load
+    from features.catalog import Catalog
+    from features.label import label
+
+    engine = load(args.model, args.dictionary, args.layer)
+    found = label(engine.lm, engine.dictionary, engine.layer, _sequences(engine.lm, args, heldout=False),
+                  max_tokens=args.tokens)
+    folder = Path(args.dictionary)
+    old = Catalog.load(folder, engine.dictionary.d_sae)
+    # A person's curated label survives relabelling; stats and examples are refreshed.
+    merged = {i: replace(f, label=old[i].label, curated=True, extra=old[i].extra) if old[i].curated else f
+              for i, f in found.items()}
+    merged.update({i: old[i] for i in range(engine.dictionary.d_sae) if old[i].curated and i not in merged})
+    path = Catalog(engine.dictionary.d_sae, merged).save(folder)
+    print(f"labelled {len(found)} live features of {engine.dictionary.d_sae}; wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -105,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("label", help="stats, top contexts, logit-lens tokens and automatic labels -> features.json")
+    text_args(p)
+    p.add_argument("--dictionary", required=True, help="a local dictionary folder (features.json is written there)")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--tokens", type=int, default=500_000)
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
@@ -120,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        {"harvest": cmd_harvest, "train": cmd_train, "evaluate": cmd_evaluate}[args.command](args)
+        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise

@@ -122,3 +122,53 @@ def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
     median = h.norm(dim=-1).median()
     assert kept.shape[0] == int((h.norm(dim=-1) <= median).sum()) < h.shape[0]
     assert bool((kept.norm(dim=-1) <= median * 1.01).all())
+
+
+def test_label_stats_examples_and_logit_lens(tiny_lm):
+    from features.label import label, logit_lens
+
+    seqs = _sequences(tiny_lm.tokenizer)[:6]
+    d = Dictionary.random(32, 64, activation="topk", k=3, seed=5)
+    feats = label(tiny_lm, d, 1, seqs, max_tokens=10_000, n_examples=4, window=3, progress=False)
+    ids = torch.tensor(seqs)
+    acts = d.encode(residuals(tiny_lm, 1, ids)).acts[:, 1:]  # (B, T-1, d_sae) without BOS
+    flat = acts.reshape(-1, 64)
+    assert set(feats) == set(torch.nonzero(flat.max(0).values > 0).squeeze(-1).tolist())
+    tok = tiny_lm.tokenizer
+    for i, f in feats.items():
+        assert f.max_activation == pytest.approx(float(flat[:, i].max()), rel=1e-5)
+        assert f.density == pytest.approx(float((flat[:, i] > 0).float().mean()))
+        values = [ex["activation"] for ex in f.examples]
+        assert values == sorted(values, reverse=True) and values[0] == pytest.approx(f.max_activation, abs=1e-3)
+        b, t = divmod(int(flat[:, i].argmax()), acts.shape[1])
+        top = f.examples[0]
+        assert top["tokens"][top["max_index"]] == tok.decode([seqs[b][t + 1]])
+        assert f.label and f.top_tokens
+    # Logit lens: the final norm of the direction, through the unembedding.
+    W_U = tiny_lm.model.get_output_embeddings().weight
+    with torch.inference_mode():
+        logits = tiny_lm.model.get_decoder().norm(d.W_dec[7][None]) @ W_U.T
+    assert logit_lens(tiny_lm, d, top=5)[7] == [tok.decode([t]) for t in torch.topk(logits[0], 5).indices.tolist()]
+
+
+def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, capsys):
+    from features import formats
+    from features.catalog import Catalog, Feature
+    from features.cli import main
+
+    folder = tmp_path / "dict"
+    formats.save(Dictionary.random(32, 48, activation="topk", k=4, seed=1, hook_layer=1), folder, dtype=torch.float32)
+    Catalog(48, {3: Feature(3, "my curated name", 1.0, 0.1, curated=True)}).save(folder)
+    # Enough ~4,000-character pieces that the 2% held-out split is not empty.
+    (corpus_dir / "long.txt").write_text("\n\n".join(f"Paragraph {i}: dogs, bridges and rain. " * 12 for i in range(2000)))
+    source = ["--model", str(tiny_model_dir), "--text", str(corpus_dir), "--seq-len", "16"]
+    assert main(["label", "--dictionary", str(folder), "--tokens", "2000", *source]) == 0
+    catalog = Catalog.load(folder, 48)
+    assert catalog[3].label == "my curated name" and catalog[3].curated
+    labelled = [f for f in catalog if f.examples and not f.curated]
+    assert labelled and all(f.label and f.max_activation > 0 for f in labelled)
+    capsys.readouterr()
+    assert main(["evaluate", "--dictionary", str(folder), "--tokens", "50", "--json", *source]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) == {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "tokens"} and result["l0"] == 4
+    assert main(["harvest", "--layer", "1", "--out", str(tmp_path / "h"), "--text", str(tmp_path / "nothing")]) == 2
