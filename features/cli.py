@@ -37,9 +37,9 @@ def _text_paths(given: list[str] | None) -> list[Path]:
 
 
 def _sequences(lm, args, heldout: bool):
-    from features.corpus import pack, split_pieces
+    from features.corpus import mixed_pieces, pack
 
-    return pack(lm.tokenizer, split_pieces(_text_paths(args.text), heldout=heldout), args.seq_len)
+    return pack(lm.tokenizer, mixed_pieces(_text_paths(args.text), heldout=heldout), args.seq_len)
 
 
 def cmd_harvest(args) -> None:

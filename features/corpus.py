@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import random
 import html.parser
 import re
 from pathlib import Path
@@ -110,6 +111,26 @@ def split_pieces(paths: Iterable[Path], heldout: bool) -> Iterator[str]:
             for piece in pieces(doc):
                 if is_heldout(piece) == heldout:
                     yield piece
+
+
+def _size(path: Path) -> int:
+    files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+    return sum(f.stat().st_size * (4 if f.suffix == ".gz" else 1) for f in files) or 1
+
+
+def mixed_pieces(paths: Iterable[Path], heldout: bool, seed: int = 0) -> Iterator[str]:
+    """Like `split_pieces`, but drawing from all sources at once, each in proportion to its
+    size, so any stretch of the stream (a harvest shard, a training batch) has the same mix."""
+    paths = [Path(p) for p in paths]
+    sources = [split_pieces([p], heldout) for p in paths]
+    weights = [_size(p) for p in paths]
+    rng = random.Random(seed)
+    while sources:
+        i = rng.choices(range(len(sources)), weights)[0]
+        try:
+            yield next(sources[i])
+        except StopIteration:
+            del sources[i], weights[i]
 
 
 def pack(tokenizer, texts: Iterable[str], seq_len: int) -> Iterator[list[int]]:

@@ -172,3 +172,16 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "tokens"} and result["l0"] == 4
     assert main(["harvest", "--layer", "1", "--out", str(tmp_path / "h"), "--text", str(tmp_path / "nothing")]) == 2
+
+
+def test_mixed_pieces_interleaves_sources(tmp_path):
+    from features.corpus import mixed_pieces
+
+    for name in ("a", "b"):
+        (tmp_path / f"{name}.txt").write_text("\n\n".join(f"{name}{i} " * 300 for i in range(200)))
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    mixed = list(mixed_pieces(paths, heldout=False))
+    assert sorted(mixed) == sorted(split_pieces(paths, heldout=False))  # same pieces, new order
+    first = [p[0] for p in mixed[: len(mixed) // 4]]
+    assert 0.3 < first.count("a") / len(first) < 0.7
+    assert mixed == list(mixed_pieces(paths, heldout=False))  # deterministic, so harvests resume
