@@ -3,7 +3,8 @@
 The model runs only up to layer L (the hook stops the forward pass there). BOS and special
 positions are dropped, and so are attention-sink outliers (a residual norm over OUTLIER_FACTOR
 times the batch median; Gemma has a few such tokens besides BOS, and they would dominate the
-training loss, as dictionary_learning and sparsify found). Shards are safetensors files holding `acts` (N, d_model) float16;
+training loss, as dictionary_learning and sparsify found). Shards are safetensors files holding `acts` (N, d_model) bfloat16 (float16
+would overflow: single coordinates pass 65,504 from layer 12 on);
 `manifest.json` records each finished shard and how many sequences it consumed, so a restart
 skips exactly the sequences already harvested and goes on.
 """
@@ -22,7 +23,6 @@ from torch import Tensor
 from chat.hooks import StopForward, on_output
 from chat.models import LoadedModel
 
-FP16_MAX = 65504.0
 OUTLIER_FACTOR = 10.0
 
 
@@ -95,9 +95,7 @@ def harvest(
         norms = h.norm(dim=-1)  # (B, T)
         keep &= norms <= OUTLIER_FACTOR * norms[keep].median()
         acts = h[keep].cpu()  # (N, d)
-        if acts.abs().max() > FP16_MAX:
-            raise ValueError(f"activations at layer {layer} exceed the float16 range; cannot store them")
-        rows.append(acts.half())
+        rows.append(acts.to(torch.bfloat16))
         n_seqs += len(batch)
         bar.update(acts.shape[0])
         pending = sum(r.shape[0] for r in rows)
