@@ -59,6 +59,7 @@ def cmd_train(args) -> None:
     manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
     shards = [Path(args.shards) / s["file"] for s in manifest["shards"]]
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
+                      batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
                       hook_layer=manifest["layer"], seed=args.seed)
     result = train(shards, cfg, Path(args.out))
     folder = formats.save(result.dictionary, Path(args.out) / "dictionary", model_name=manifest["model"])
@@ -123,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--lr", type=float)
     p.add_argument("--tokens", type=int, help="default: every harvested token once")
+    p.add_argument("--batch-tokens", type=int, default=4096)
+    p.add_argument("--warmup-steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
