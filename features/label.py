@@ -23,8 +23,11 @@ from features.dictionary import Dictionary
 from features.harvest import residuals
 
 
-def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int = 256) -> list[list[str]]:
-    """Per feature, the `top` tokens its decoder direction promotes most."""
+def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int = 256,
+               allowed: Tensor | None = None) -> list[list[str]]:
+    """Per feature, the `top` tokens its decoder direction promotes most; with `allowed` (V,)
+    bool, only among those tokens (Gemma's 262k vocabulary is mostly scripts and fragments our
+    English text never uses, and they crowd the raw logit lens)."""
     norm = lm.model.get_decoder().norm
     W_U = lm.model.get_output_embeddings().weight  # (V, d_model)
     tok = lm.tokenizer
@@ -34,6 +37,8 @@ def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int
             ids = list(range(start, min(start + chunk, dictionary.d_sae)))
             dirs = dictionary.directions(ids).to(W_U.device, W_U.dtype)  # (n, d)
             logits = norm(dirs.unsqueeze(0))[0] @ W_U.T  # (n, V)
+            if allowed is not None:
+                logits = logits.masked_fill(~allowed.to(logits.device), float("-inf"))
             for row in torch.topk(logits.float(), top, dim=-1).indices.tolist():
                 out.append([tok.decode([t]) for t in row])
     return out
@@ -78,7 +83,10 @@ def label(lm: LoadedModel, dictionary: Dictionary, layer: int, sequences: Iterab
         tokens += n
         bar.update(n)
     bar.close()
-    promoted = logit_lens(lm, dictionary)
+    seen = torch.zeros(lm.model.get_output_embeddings().weight.shape[0], dtype=torch.bool)  # (V,)
+    seen[torch.tensor([t for s in seqs for t in s])] = True
+    seen[torch.tensor(sorted(set(lm.tokenizer.all_special_ids)))] = False
+    promoted = logit_lens(lm, dictionary, allowed=seen)
     seq_len = len(seqs[0]) if seqs else 1
     tok = lm.tokenizer
     features: dict[int, Feature] = {}

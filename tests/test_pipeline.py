@@ -149,6 +149,13 @@ def test_label_stats_examples_and_logit_lens(tiny_lm):
     with torch.inference_mode():
         logits = tiny_lm.model.get_decoder().norm(d.W_dec[7][None]) @ W_U.T
     assert logit_lens(tiny_lm, d, top=5)[7] == [tok.decode([t]) for t in torch.topk(logits[0], 5).indices.tolist()]
+    # Restricted to tokens of the labelling text, as `label` does.
+    allowed = torch.zeros(logits.shape[-1], dtype=torch.bool)
+    allowed[torch.tensor([t for s in seqs for t in s[1:]])] = True
+    expected = torch.topk(logits[0].masked_fill(~allowed, float("-inf")), 5).indices.tolist()
+    assert logit_lens(tiny_lm, d, top=5, allowed=allowed)[7] == [tok.decode([t]) for t in expected]
+    seen_text = {tok.decode([t]) for s in seqs for t in s[1:]}
+    assert all(set(f.top_tokens) <= seen_text for f in feats.values())
 
 
 def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, capsys):
