@@ -41,7 +41,7 @@ def parse_steer_text(text: str) -> dict[str, float]:
     return parse_steer_items(line for line in (text or "").splitlines() if line.strip())
 
 
-def features_markdown(engine, reply) -> str:
+def features_markdown(reply) -> str:
     rows = ["| feature | label | peak | tokens |", "|---|---|---|---|"]
     rows += [f"| {h.id} | {h.label} | {h.activation:.1f} | {h.tokens} |" for h in reply.top_features]
     note = "\n\n" + "\n".join(f"⚠ {w}" for w in reply.warnings) if reply.warnings else ""
@@ -64,7 +64,7 @@ def build_demo(engine: LazyEngine) -> gr.Blocks:
                 yield shown, gr.update()
         except USER_ERRORS as e:
             raise gr.Error(str(e)) from None
-        yield shown, features_markdown(eng, stream.reply)
+        yield shown, features_markdown(stream.reply)
 
     def search(query):
         try:
