@@ -1,7 +1,7 @@
-"""Command line: `python -m chat reply|search|encode ...` (a stable contract for scripts).
+"""Command line: `python -m chat reply|search|encode|check ...` (a stable contract for scripts).
 
-User errors print one line on stderr and exit 2; nothing prints a traceback unless
-STEERCHAT_DEBUG=1.
+User errors print one line on stderr and exit 2 (`check` exits 1 when a case fails); nothing
+prints a traceback unless STEERCHAT_DEBUG=1.
 """
 from __future__ import annotations
 
@@ -47,6 +47,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("encode", help="which features fire on each token of a text")
     p.add_argument("text")
     p.add_argument("--top", type=int, default=5, help="features listed per token")
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+
+    p = sub.add_parser("check", help="run a steering test spec (TOML/JSON); exit 1 when a case fails")
+    p.add_argument("spec")
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
     return parser
@@ -121,6 +126,23 @@ def cmd_encode(args) -> None:
         print(f"{token!r:>16}  {names}")
 
 
+def cmd_check(args) -> int:
+    from chat.check import load_spec, run_spec, table
+
+    spec = load_spec(args.spec)  # fail fast, before loading the model
+    args.model = args.model or spec.model
+    args.dictionary = args.dictionary or spec.dictionary
+    args.layer = args.layer if args.layer is not None else spec.layer
+    engine = _engine(args)
+    progress = None if args.json else (lambda r: print(f"{'ok  ' if r.passed else 'FAIL'} {r.name}", file=sys.stderr))
+    results = run_spec(engine, spec, progress=progress)
+    if args.json:
+        print(json.dumps([r.summary() for r in results], ensure_ascii=False))
+    else:
+        print(table(results))
+    return 0 if all(r.passed for r in results) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -131,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode}[args.command](args)
+        commands = {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode, "check": cmd_check}
+        return commands[args.command](args) or 0
     except USER_ERRORS as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise
@@ -145,4 +168,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: internal error ({type(e).__name__}: {e}); set STEERCHAT_DEBUG=1 for a traceback",
               file=sys.stderr)
         return 1
-    return 0

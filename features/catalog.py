@@ -63,15 +63,27 @@ class Feature:
     curated: bool = False
     examples: list[dict] = field(default_factory=list)
     top_tokens: list[str] = field(default_factory=list)
+    # Output score in 0..1: how much amplifying the feature lifts the tokens it names
+    # (features/steerability.py); None when not measured.
+    steerability: float | None = None
+    # Measured strength bands where the concept shows and text stays fluent, per mode:
+    # {"add": [lo, hi], "clamp": [lo, hi]} in multiples of max_activation (features/calibrate.py).
+    strengths: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
-        return {"id": self.id, "label": self.label, "max_activation": self.max_activation,
-                "density": self.density, "curated": self.curated, "examples": self.examples,
-                "top_tokens": self.top_tokens, **self.extra}
+        row = {"id": self.id, "label": self.label, "max_activation": self.max_activation,
+               "density": self.density, "curated": self.curated, "examples": self.examples,
+               "top_tokens": self.top_tokens}
+        if self.steerability is not None:
+            row["steerability"] = self.steerability
+        if self.strengths:
+            row["strengths"] = self.strengths
+        return row | self.extra
 
     def has_info(self) -> bool:
         return bool(self.label or self.curated or self.examples or self.top_tokens or self.extra
+                    or self.strengths or self.steerability is not None
                     or self.max_activation is not None or self.density is not None)
 
 
@@ -149,8 +161,9 @@ class Catalog:
 
     def search(self, query: str, top: int = 10) -> list[Feature]:
         """Features whose label matches `query`, best first: exact phrase > every word exact >
-        every word exact or as a prefix > some word only fuzzily (typos). Within a tier, closer
-        word matches and labels with fewer other words rank first, then curated features.
+        every word exact or as a prefix > some word only fuzzily (typos). Within a tier, curated
+        features first, then closer word matches, labels with fewer other words and more
+        steerable features (closeness x (0.5 + 0.5 steerability)).
         A number also matches that feature id, ranked first. An empty query is a ValueError."""
         query = str(query).strip()
         if not query:
@@ -251,6 +264,9 @@ class _Index:
         # Label length for ranking counts content words only: "references to X" is still about X.
         self.length = {i: max(1, sum(w not in _STOP_WORDS for w in ws)) for i, ws in self.words.items()}
         self.curated = {i for i, f in features.items() if f.curated}
+        # Unmeasured features count as middling, so measuring never buries a catalog.
+        self.steerability = {i: 0.5 if f.steerability is None else min(1.0, max(0.0, f.steerability))
+                             for i, f in features.items()}
         self.postings: dict[str, set[int]] = defaultdict(set)
         for i, words in self.words.items():
             for w in words:
@@ -302,7 +318,10 @@ class _Index:
                 tier = _PHRASE
             coverage = min(1.0, len(content) / self.length[i])
             score = sum(c for _, c in matches) / len(matches) * (0.5 + 0.5 * coverage)
-            ranked.append((-tier, -round(score, 3), i not in self.curated, i))
+            # Within a tier: features a person checked first, then those that write what they
+            # name (steerability), then closeness of the words.
+            score *= 0.5 + 0.5 * self.steerability[i]
+            ranked.append((-tier, i not in self.curated, -round(score, 3), i))
         return [key[-1] for key in heapq.nsmallest(top, ranked)]
 
 
@@ -383,9 +402,15 @@ def _parse_feature(row: object, d_sae: int, where: str) -> Feature:
     if not 0 <= fid < d_sae:
         raise ValueError(f"{where}: id {fid} is out of range 0..{d_sae - 1}")
     number = (int, float, type(None))
+    strengths = take("strengths", (dict,), {})
+    for mode, band in strengths.items():
+        if not (isinstance(band, list) and len(band) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in band)):
+            raise ValueError(f"{where}: strengths[{mode!r}] must be [low, high], got {band!r}")
     return Feature(id=fid, label=take("label", (str,), ""), max_activation=take("max_activation", number, None),
                    density=take("density", number, None), curated=take("curated", (bool,), False),
-                   examples=take("examples", (list,), []), top_tokens=take("top_tokens", (list,), []), extra=rest)
+                   examples=take("examples", (list,), []), top_tokens=take("top_tokens", (list,), []),
+                   steerability=take("steerability", number, None), strengths=strengths, extra=rest)
 
 
 def _renames_file(key: str) -> Path:

@@ -33,7 +33,8 @@ def test_save_load_round_trip_keeps_every_field(tmp_path):
     full = Feature(
         7, "the Golden Gate Bridge", max_activation=41.5, density=0.0003, curated=True,
         examples=[{"tokens": ["the", " Golden", " Gate"], "acts": [0.0, 12.5, 41.5], "max_index": 2}],
-        top_tokens=[" bridge", " Golden"], extra={"steerability": 0.8, "strengths": [50, 100]},
+        top_tokens=[" bridge", " Golden"], steerability=0.8,
+        strengths={"add": [4.0, 8.0], "clamp": [2, 5]}, extra={"notes": "checked by steering"},
     )
     cat = Catalog(D_SAE, {7: full, 3: Feature(3, "anger"), 5: Feature(5)})
     path = cat.save(tmp_path)
@@ -46,6 +47,19 @@ def test_save_load_round_trip_keeps_every_field(tmp_path):
     assert loaded[7] == full and loaded[3] == Feature(3, "anger")
     assert loaded[5] == Feature(5) and loaded.label(5) == "feature 5"
     assert len(loaded) == D_SAE
+
+
+def test_malformed_strength_band_is_a_clear_error(tmp_path):
+    (tmp_path / FILENAME).write_text(json.dumps({"format": "steerchat-features/1", "d_sae": D_SAE, "features": [
+        {"id": 1, "label": "x", "strengths": {"add": [1, "high"]}}]}))
+    with pytest.raises(ValueError, match=r"strengths\['add'\] must be \[low, high\]"):
+        Catalog.load(tmp_path, D_SAE)
+
+
+def test_search_prefers_steerable_features_within_a_tier():
+    cat = Catalog(D_SAE, {1: Feature(1, "dog", steerability=0.05), 2: Feature(2, "dog", steerability=0.9),
+                          3: Feature(3, "dog")})
+    assert [f.id for f in cat.search("dog", top=3)] == [2, 3, 1]
 
 
 def test_missing_file_is_an_empty_catalog(tmp_path):

@@ -1,0 +1,94 @@
+"""Local steering metrics: does a steered reply talk about the concept, and what does it cost?
+
+- concept rate: share of replies that mention a concept term (whole words, any case, plurals)
+- concept log-prob lift: how much more likely the model makes the concept's tokens, measured on
+  the *unsteered* reply (teacher-forced), steered minus unsteered, in nats per position
+- fluency cost: perplexity of the steered reply under the unsteered model, as a ratio to the
+  unsteered reply's perplexity (1 = as fluent as the model on its own)
+- score: harmonic mean of concept rate and fluency (1 / cost, capped at 1), in the spirit of
+  AxBench; zero when either is zero, so a concept bought with gibberish scores nothing.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import torch
+from torch import Tensor
+
+from chat.hooks import attach
+from chat.steering import FeatureSteerer, Steering
+
+
+def term_pattern(terms: Iterable[str]) -> re.Pattern:
+    """Whole-word, case-insensitive match of any term, plurals included ("dog" finds "Dogs")."""
+    words = sorted({t.strip().lower() for t in terms if t and t.strip()}, key=len, reverse=True)
+    if not words:
+        raise ValueError("a concept needs at least one term")
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")(?:s|es)?\b", re.IGNORECASE)
+
+
+def mentions(text: str, terms: Iterable[str]) -> bool:
+    return term_pattern(terms).search(text) is not None
+
+
+def concept_rate(texts: Sequence[str], terms: Iterable[str]) -> float:
+    """Share of texts that mention any of `terms`."""
+    if not texts:
+        return 0.0
+    pattern = term_pattern(terms)
+    return sum(pattern.search(t) is not None for t in texts) / len(texts)
+
+
+def concept_token_ids(tokenizer, terms: Iterable[str]) -> list[int]:
+    """First token of each term as a word start, in lower, Title and as-given case."""
+    ids: set[int] = set()
+    for term in terms:
+        for form in {term, term.lower(), term.capitalize()}:
+            for text in (" " + form, form):
+                tokens = tokenizer.encode(text, add_special_tokens=False)
+                if tokens:
+                    ids.add(tokens[0])
+    return sorted(ids)
+
+
+def reply_logprobs(engine, prompt_ids: Sequence[int], reply_ids: Sequence[int],
+                   steering: Steering | None = None) -> Tensor:
+    """(T, V) log-probabilities the model (steered or not) gives at each reply position,
+    teacher-forced on `reply_ids`; row t predicts reply_ids[t]."""
+    lm = engine.lm
+    ids = torch.tensor([list(prompt_ids) + list(reply_ids)], device=lm.device)  # (1, P+T)
+    steerer = FeatureSteerer(engine.dictionary, steering or Steering(), engine.max_acts)
+    with torch.inference_mode(), attach(lm, engine.layer, steerer):
+        # The last T+1 positions: position P-1 predicts reply_ids[0], ..., the final one nothing.
+        logits = lm.model(input_ids=ids, use_cache=False, logits_to_keep=len(reply_ids) + 1).logits
+    return torch.log_softmax(logits[0, :-1].float(), dim=-1)  # (T, V)
+
+
+def perplexity(engine, prompt_ids: Sequence[int], reply_ids: Sequence[int]) -> float:
+    """Perplexity of a reply under the unsteered model (inf for an empty reply: nothing said)."""
+    if not reply_ids:
+        return float("inf")
+    lp = reply_logprobs(engine, prompt_ids, reply_ids)  # (T, V)
+    nll = -lp.gather(1, torch.tensor(list(reply_ids), device=lp.device).unsqueeze(1)).mean()
+    return float(torch.exp(nll))
+
+
+def concept_logprob(logprobs: Tensor, token_ids: Sequence[int]) -> float:
+    """Mean over positions of log P(next token is a concept token)."""
+    if logprobs.shape[0] == 0:
+        return float("nan")
+    return float(torch.logsumexp(logprobs[:, list(token_ids)], dim=-1).mean())
+
+
+def fluency_score(cost: float) -> float:
+    """1 when the steered reply is as fluent as the unsteered one (or more), falling as 1/cost."""
+    if not cost > 0 or cost != cost:
+        return 0.0
+    return min(1.0, 1.0 / cost)
+
+
+def combined_score(rate: float, cost: float) -> float:
+    """Harmonic mean of concept rate and fluency score; 0 when either is 0."""
+    f = fluency_score(cost)
+    return 0.0 if rate <= 0 or f <= 0 else 2 * rate * f / (rate + f)
