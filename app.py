@@ -1,117 +1,99 @@
-"""Gradio app: chat with a model while steering it by named features.
+"""Gradio app: chat with a model while steering it by the named features of a dictionary.
 
-    python app.py [--model REF] [--dictionary REF] [--layer L] [--port N]
+    python app.py [--model REF] [--dictionary REF] [--layer L] [--preset NAME] [--port N]
 
-Environment variables (for Spaces): STEERCHAT_MODEL, STEERCHAT_DICTIONARY, STEERCHAT_LAYER.
-Nothing heavy happens at import: `build_demo` makes the UI, and the engine loads once, on the
-first request that needs it.
+Environment variables (for Spaces): STEERCHAT_MODEL, STEERCHAT_DICTIONARY, STEERCHAT_LAYER,
+STEERCHAT_PRESET. Nothing heavy happens at import: `build_demo` makes the UI, `main` starts
+loading the engine in the background and launches; the model loads once.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import os
-import threading
+import time
 
 import gradio as gr
 
-STEER_HELP = "One per line: feature = strength, e.g. `bridge = 4` or `1234 = -2` (multiples of its max activation)."
+from chat.ui import api, chat_panel, fired_panel, steer_panel
+from chat.ui.loader import EngineLoader
+from chat.ui.pairings import PAIRINGS, resolve
+
+CSS = """
+.hint { font-size: 0.85em; opacity: 0.8; }
+#feature-details .example { font-family: monospace; white-space: pre-wrap; margin: 0.2em 0;
+  padding: 0.3em; border-bottom: 1px solid var(--border-color-primary); }
+#watch-alert h3 { color: var(--error-text-color); }
+"""
+STATUS_POLL_SECONDS = 0.5
 
 
-class LazyEngine:
-    """Loads the engine on first use, once, even when several requests arrive together."""
-
-    def __init__(self, model=None, dictionary=None, layer=None):
-        self.args = (model, dictionary, layer)
-        self._engine = None
-        self._lock = threading.Lock()
-
-    def get(self):
-        with self._lock:
-            if self._engine is None:
-                from chat.engine import load
-
-                self._engine = load(*self.args)
-            return self._engine
+def status_updates(loader: EngineLoader, steer_handlers: steer_panel.SteerHandlers):
+    """The status line while the engine loads, then what is loaded and the presets it offers."""
+    loader.start()
+    while not loader.loaded:
+        yield loader.status(), gr.skip()
+        time.sleep(STATUS_POLL_SECONDS)
+    if loader.failed or loader.note:
+        gr.Warning(loader.status().removeprefix("⚠ "))
+    yield loader.status(), gr.skip() if loader.failed else steer_handlers.preset_choices()
 
 
-def parse_steer_text(text: str) -> dict[str, float]:
-    """'bridge = 4\\n1234=-2' -> {"bridge": 4.0, "1234": -2.0}; one-line errors."""
-    from chat.steering import parse_steer_items
-
-    return parse_steer_items(line for line in (text or "").splitlines() if line.strip())
-
-
-def features_markdown(reply) -> str:
-    rows = ["| feature | label | peak | tokens |", "|---|---|---|---|"]
-    rows += [f"| {h.id} | {h.label} | {h.activation:.1f} | {h.tokens} |" for h in reply.top_features]
-    note = "\n\n" + "\n".join(f"⚠ {w}" for w in reply.warnings) if reply.warnings else ""
-    return "**Features that fired on this reply**\n\n" + "\n".join(rows) + note
-
-
-def build_demo(engine: LazyEngine) -> gr.Blocks:
-    from chat.errors import USER_ERRORS
-
-    def respond(message, history, steer_text, mode, max_new_tokens):
-        history = list(history or [])
-        try:
-            eng = engine.get()
-            steer = parse_steer_text(steer_text)
-            conversation = history + [{"role": "user", "content": message}]
-            stream = eng.stream(conversation, steer=steer, mode=mode, max_new_tokens=int(max_new_tokens))
-            shown = history + [{"role": "user", "content": message}, {"role": "assistant", "content": ""}]
-            for delta in stream:
-                shown[-1]["content"] += delta
-                yield shown, gr.update()
-        except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
-        yield shown, features_markdown(stream.reply)
-
-    def search(query):
-        try:
-            hits = engine.get().search(query, top=15)
-        except USER_ERRORS as e:
-            raise gr.Error(str(e)) from None
-        if not hits:
-            return f"No feature matches {query!r}."
-        return "\n".join(f"- **{f.id}** {f.label}" for f in hits)
-
-    def status():
-        return engine.get().status()
-
+def build_demo(loader: EngineLoader, *, concurrency_limit: int = 1) -> gr.Blocks:
+    """The whole app around `loader`; `concurrency_limit` replies run at once (they share the
+    model and the CPU: more than one only helps on a GPU)."""
+    steer_h, fired_h = steer_panel.SteerHandlers(loader), fired_panel.FiredHandlers(loader)
+    chat_h = chat_panel.ChatHandlers(loader)
     with gr.Blocks(title="steerchat") as demo:
-        gr.Markdown("# steerchat — steer a language model by its features")
-        status_line = gr.Markdown("Loading the model…", elem_id="status")
+        gr.Markdown("# steerchat · steer a language model by its features")
+        status = gr.Markdown(loader.status(), elem_id="status")
         with gr.Row():
+            with gr.Column(scale=5):
+                chat = chat_panel.build()
             with gr.Column(scale=3):
-                chatbot = gr.Chatbot(elem_id="chat", height=420)
-                message = gr.Textbox(placeholder="Say something…", show_label=False, elem_id="message")
-                clear = gr.Button("Clear")
-            with gr.Column(scale=2):
-                steer_text = gr.Textbox(label="Steering", info=STEER_HELP, lines=4, elem_id="steer")
-                mode = gr.Radio(["add", "clamp"], value="add", label="Mode")
-                max_new = gr.Slider(1, 512, value=96, step=1, label="Max new tokens")
-                query = gr.Textbox(label="Find features by name", elem_id="search")
-                results = gr.Markdown()
-        fired = gr.Markdown(elem_id="fired")
-
-        message.submit(respond, [message, chatbot, steer_text, mode, max_new], [chatbot, fired],
-                       concurrency_id="model").then(lambda: "", None, message)
-        query.submit(search, query, results, concurrency_id="model")
-        clear.click(lambda: ([], ""), None, [chatbot, fired])
-        demo.load(status, None, status_line, concurrency_id="model")
+                steer = steer_panel.build()
+        fired = fired_panel.build()
+        api.wire(api.Api(loader), concurrency_limit)  # first, so the stable names are theirs
+        steer_panel.wire(steer, steer_h)
+        fired_panel.wire(fired, fired_h, steer, steer_h)
+        chat_panel.wire(chat, chat_h, steer, fired, concurrency_limit)
+        demo.load(functools.partial(status_updates, loader, steer_h), None, [status, steer.presets],
+                  concurrency_limit=None, show_progress="minimal", api_visibility="private")
     return demo
 
 
-def main() -> None:
+def launch_options() -> dict:
+    return {"css": CSS, "theme": gr.themes.Soft()}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    env = os.environ.get
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=os.environ.get("STEERCHAT_MODEL") or None)
-    p.add_argument("--dictionary", default=os.environ.get("STEERCHAT_DICTIONARY") or None)
-    p.add_argument("--layer", type=int, default=int(os.environ["STEERCHAT_LAYER"]) if os.environ.get("STEERCHAT_LAYER") else None)
-    p.add_argument("--port", type=int, default=int(os.environ.get("PORT", 7860)))
-    args = p.parse_args()
-    engine = LazyEngine(args.model, args.dictionary, args.layer)
-    threading.Thread(target=engine.get, daemon=True).start()  # start loading before the first visitor
-    build_demo(engine).queue(max_size=32).launch(server_port=args.port)
+    p.add_argument("--model", default=env("STEERCHAT_MODEL") or None, help="hub id or local folder")
+    p.add_argument("--dictionary", default=env("STEERCHAT_DICTIONARY") or None,
+                   help="local path or hub owner/repo/sub/folder")
+    p.add_argument("--layer", type=int, default=int(env("STEERCHAT_LAYER")) if env("STEERCHAT_LAYER") else None)
+    p.add_argument("--preset", default=env("STEERCHAT_PRESET") or None, choices=sorted(PAIRINGS),
+                   help="a hub model + dictionary pairing")
+    p.add_argument("--device", default=env("STEERCHAT_DEVICE") or None, help="cpu, cuda, ... (default: cuda if any)")
+    p.add_argument("--host", default=None, help="address to listen on (default: Gradio's, 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
+    p.add_argument("--concurrency", type=int, default=1, help="replies generated at once (default 1)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    from chat.ui.gpu import on_zero_gpu
+
+    args = parse_args(argv)
+    model, dictionary = resolve(args.preset, args.model, args.dictionary)
+    loader = EngineLoader(model, dictionary, args.layer, device=args.device or ("cuda" if on_zero_gpu() else None))
+    if on_zero_gpu():
+        loader.get()  # ZeroGPU wants the weights on "cuda" before the first request forks
+    else:
+        loader.start()  # load in the background; the status line shows progress meanwhile
+    demo = build_demo(loader, concurrency_limit=args.concurrency)
+    demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, **launch_options())
 
 
 if __name__ == "__main__":

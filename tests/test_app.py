@@ -1,48 +1,332 @@
-"""The app's handlers through a real Gradio server and gradio_client (tiny model)."""
+"""The app: its parts as plain functions, then through a real Gradio server and gradio_client
+(tiny model). The browser test is tests/test_browser.py."""
 from __future__ import annotations
 
+import re
+import threading
+from pathlib import Path
+
+import gradio as gr
 import pytest
 
-from app import LazyEngine, build_demo, parse_steer_text
-from chat.engine import Engine
-from chat.steering import SteeringError
+from app_helpers import BRIDGE, DECEPTION, DOGS, always_firing, serve, tiny_catalog, tiny_engine
+from chat.models import ModelLoadError
+from chat.ui import fired as fd
+from chat.ui import steer_state as st
+from chat.ui.chat_panel import ChatHandlers, RunControl
+from chat.ui.errors import reported, whole
+from chat.ui.fired_panel import FiredHandlers
+from chat.ui.loader import EngineLoader
+from chat.ui.pairings import PAIRINGS, resolve
+from chat.ui.steer_panel import SteerHandlers
 from features.catalog import Catalog, Feature
-from features.dictionary import Dictionary
 
-
-def test_parse_steer_text():
-    assert parse_steer_text("bridge = 4\n\n 1234=-2 ") == {"bridge": 4.0, "1234": -2.0}
-    for bad in ("bridge", "= 3", "bridge = nan", "bridge = 1e9"):
-        with pytest.raises(SteeringError):
-            parse_steer_text(bad)
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def client(tiny_lm):
+def engine(tiny_lm):
+    return tiny_engine(tiny_lm)
+
+
+# -- the steering panel's state ---------------------------------------------------------------
+
+def test_recommended_strengths_are_read_defensively():
+    def rec(**extra):
+        return st.recommended(Feature(1, "x", extra=extra))
+
+    assert rec(strength_range=[-3, 6]) == (-3.0, 6.0)
+    assert rec(recommended_strength=5) == (-5.0, 5.0)
+    assert rec(steer_strength=[2, 8]) == (-8.0, 8.0)
+    for junk in ({"strength_range": "big"}, {"strength_range": [1]}, {"recommended_strength": float("nan")},
+                 {"recommended_strength": True}, {"strength_range": [0, 0]}, {}):
+        assert rec(**junk) is None
+    assert st.row_for(Feature(1, "x", extra={"strength_range": [-3, 6]}), "x").limit == 12
+    assert st.row_for(Feature(1, "x", extra={"recommended_strength": 1e6}), "x").limit == 200  # MAX_STRENGTH
+    assert st.row_for(Feature(1, "x"), "x", strength=50).strength == st.DEFAULT_LIMIT
+
+
+def test_rows_add_remove_and_values():
+    rows = []
+    for i in range(st.MAX_ROWS):
+        rows, problem = st.add(rows, st.SteerRow(i, f"f{i}"))
+        assert problem is None
+    assert st.add(rows, st.SteerRow(99, "x"))[1].startswith("the panel holds at most")
+    assert "already" in st.add(rows, st.SteerRow(0, "again"))[1]
+    rows = st.with_values(rows, [1.5, -2, None, 0, 0, 0])
+    assert st.steer_dict(rows)[0] == 1.5 and st.steer_dict(rows)[1] == -2.0 and st.steer_dict(rows)[2] == 0.0
+    assert [r.id for r in st.remove(rows, 1)] == [0, 2, 3, 4, 5]
+    assert st.describe(rows[:2], "clamp") == "clamp: +1.5 × #0 f0, -2 × #1 f1"
+    assert st.describe([], "add") == "no steering"
+
+
+def test_presets_come_from_curated_features():
+    names = [p.name for p in st.presets(tiny_catalog())]
+    assert names == ["More “golden gate bridge”", "More “deception and lies”", "Less “golden gate bridge”",
+                     "More “golden gate bridge”, less “deception and lies”"]
+    both = st.presets(tiny_catalog())[-1]
+    assert [(r.id, r.strength) for r in both.rows] == [(BRIDGE, 6.0), (DECEPTION, -4.0)]  # recommended, default
+    assert st.presets(Catalog(8, {1: Feature(1, "not curated")})) == []
+
+
+# -- the fired-features panel's values ------------------------------------------------------
+
+def test_fired_values(engine):
+    reply = engine.reply("Hello there", max_new_tokens=8)
+    last = fd.LastReply.of(reply)
+    assert last.feature(DOGS) == reply.readout.feature(DOGS)
+    bars = fd.bars(last, engine.catalog.label, watched=[reply.top_features[0].id])
+    assert [fd.choice_id(name) for name in bars] == [h.id for h in reply.top_features]
+    assert all(0 <= v <= 1 for v in bars.values()) and next(iter(bars)).startswith("⚠ #")
+    top = reply.top_features[0].id
+    shaded = fd.highlight(last, top)
+    assert [t for t, _ in shaded] == reply.tokens and max(v or 0 for _, v in shaded) == 1.0
+    alert, fired = fd.watch_alert(last, [top], engine.catalog.label)
+    assert "Watched feature fired" in alert and fired[0].startswith(f"#{top} ")
+    quiet = [i for i in range(64) if max(last.feature(i)) == 0][0]
+    assert fd.watch_alert(last, [quiet], engine.catalog.label)[1] == []
+    assert fd.bars(None, engine.catalog.label) is None and fd.choice_id("nothing") is None
+
+
+def test_examples_are_escaped_and_read_defensively():
+    html = fd.examples_html(tiny_catalog()[BRIDGE])
+    assert "&lt;b&gt;" in html and "<b>" not in html and "rgba(255, 140, 0, 1.00)" in html
+    shaded = Feature(1, examples=[{"tokens": ["a", "b"], "acts": [0.0, 2.0]}, "junk", {"tokens": "no"}])
+    assert fd.examples_html(shaded).count('class="example"') == 1
+    assert "No example" in fd.examples_html(Feature(2))
+
+
+# -- handlers, called directly ----------------------------------------------------------------
+
+def drain(generator) -> list:
+    return list(generator)
+
+
+@pytest.mark.filterwarnings("ignore:Watched feature fired")  # gr.Warning outside a request
+def test_respond_streams_the_steered_reply_and_compares(engine):
+    chat = ChatHandlers(EngineLoader.ready(engine))
+    rows = [st.SteerRow(BRIDGE, "golden gate bridge", limit=12)]
+    outs = drain(chat.respond(RunControl(), "Hello there", [], rows, "add", 12, 0, 0, True, [DOGS], 8.0))
+    steered = engine.reply("Hello there", steer={BRIDGE: 8.0}, max_new_tokens=12)
+    plain = engine.reply("Hello there", max_new_tokens=12)
+    unsteered = outs[-1][2]  # the compare pass comes last
+    final = [o for o in outs if isinstance(o[6], fd.LastReply)][-1]
+    assert final[0][-1] == {"role": "assistant", "content": steered.text}
+    assert unsteered == plain.text and steered.text != plain.text
+    assert final[6].tokens == steered.tokens and set(final[4]) and "watched" in final[5].lower()
+    assert outs[0][3].label == "Steered (add: +8 × #5 golden gate bridge)"
+
+
+def test_stop_ends_a_running_reply(engine):
+    chat = ChatHandlers(EngineLoader.ready(engine))
+    run = RunControl()
+    replies = chat.respond(run, "Hello there", [], [], "add", 400, 0, 0, False, [])
+    next(replies)
+    chat.stop(run)
+    last = [o for o in replies if isinstance(o[6], fd.LastReply)][-1][6]
+    assert len(last.tokens) < 400
+
+
+def test_retry_takes_back_the_last_turn(engine):
+    chat = ChatHandlers(EngineLoader.ready(engine))
+    history = [{"role": "user", "content": [{"type": "text", "text": "one"}]}, {"role": "assistant", "content": "a"},
+               {"role": "user", "content": "two"}, {"role": "assistant", "content": "b"}]
+    assert chat.take_last(history) == ([{"role": "user", "content": "one"}, {"role": "assistant", "content": "a"}],
+                                       "two")
+    with pytest.raises(gr.Error, match="Nothing to retry"):
+        chat.take_last([])
+    with pytest.raises(gr.Error, match="Type a message"):
+        drain(chat.respond(RunControl(), "  ", [], [], "add", 8, 0, 0, False, []))
+
+
+def test_steering_panel_handlers(engine):
+    steer = SteerHandlers(EngineLoader.ready(engine))
+    assert steer.find("bridge").choices == [("#5 golden gate bridge", BRIDGE)]
+    rows = steer.add(BRIDGE, [])[0]
+    rows = steer.add("dogs", rows, 2.5)[0]  # the slider of row 0 shows 2.5
+    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 2.5), (DOGS, 0.0)]
+    view = steer.remove(0, rows, 2.5, -1.0)
+    assert [(r.id, r.strength) for r in view[0]] == [(DOGS, -1.0)]
+    assert view[1].visible is True and view[2].visible is False
+    applied = steer.apply_preset("Less “golden gate bridge”")
+    assert [(r.id, r.strength) for r in applied[0]] == [(BRIDGE, -3.0)] and applied[-2] == "add"
+    with pytest.raises(gr.Error, match="no feature matches"):
+        steer.add("zzzz qqqq", [])
+
+
+def test_rename_is_saved_and_found_later(tiny_lm):
+    engine = tiny_engine(tiny_lm, key="tiny-rename-test")
+    fired = FiredHandlers(EngineLoader.ready(engine))
+    rows = [st.SteerRow(DOGS, "dogs")]
+    out = fired.rename(DOGS, "  loyal canine companions ", None, [DOGS], rows, 1.0)
+    assert "loyal canine companions" in out[0] and out[3].choices == [("#9 loyal canine companions", DOGS)]
+    assert out[4] == [st.SteerRow(DOGS, "loyal canine companions", 1.0)]
+    assert engine.search("canine")[0].id == DOGS
+    assert Catalog(64, key="tiny-rename-test").search("canine")[0].id == DOGS  # saved for later sessions
+    with pytest.raises(gr.Error, match="empty"):
+        fired.rename(DOGS, " ", None, [], [])
+
+
+def test_feature_details(engine):
+    fired = FiredHandlers(EngineLoader.ready(engine))
+    last = fd.LastReply.of(engine.reply("Hello there", max_new_tokens=6))
+    fid, column, card, where, near, examples, name = fired.details(BRIDGE, last)
+    assert fid == BRIDGE and column.visible and "golden gate bridge" in card and name == "golden gate bridge"
+    assert [t for t, _ in where] == last.tokens and len(near.choices) == 8 and "example" in examples
+    assert fired.watch_add(BRIDGE, [DOGS]).value == [DOGS, BRIDGE]
+
+
+def test_errors_become_one_line_gr_errors():
+    @reported
+    def user():
+        raise ValueError("strength must be finite\nmore")
+
+    @reported
+    def bug():
+        raise KeyError("oops")
+
+    @reported
+    def stream():
+        yield 1
+        raise ModelLoadError("no model")
+
+    with pytest.raises(gr.Error) as e:
+        user()
+    assert e.value.message == "strength must be finite"
+    with pytest.raises(gr.Error, match="internal error"):
+        bug()
+    with pytest.raises(gr.Error, match="no model"):
+        list(stream())
+    assert whole(64.0, "n") == 64
+    for bad in (1.5, "8", True, None):
+        with pytest.raises(ValueError):
+            whole(bad, "n")
+
+
+# -- loading ----------------------------------------------------------------------------------
+
+def test_loader_falls_back_to_the_default_and_says_why(monkeypatch):
+    import chat.engine
+    import chat.models
+
+    def load_model(ref, device=None):
+        if ref is not None:
+            raise ModelLoadError(f"cannot load model {ref!r}: offline")
+        return "embedded"
+
+    monkeypatch.setattr(chat.models, "load_model", load_model)
+    monkeypatch.setattr(chat.engine, "load", lambda *a, lm=None, **k: type("E", (), {"status": lambda s: "ok"})())
+    loader = EngineLoader("google/gemma-3-270m-it", "google/gemma-scope-2-270m-it/x")
+    loader.start()
+    loader.get()
+    assert "could not load google/gemma-3-270m-it" in loader.status() and loader.status().startswith("Loaded: ok")
+    strict = EngineLoader("nope/model", fallback=False)
+    with pytest.raises(ModelLoadError, match="offline"):
+        strict.get()
+    assert strict.failed and strict.status().startswith("⚠ could not load the model")
+
+
+def test_pairings():
+    assert resolve(None, "m", None) == ("m", None)
+    assert resolve("gemma-3-270m-it", None, None) == PAIRINGS["gemma-3-270m-it"][:2]
+    assert resolve("gemma-2-2b-it", "local/model", None)[0] == "local/model"
+    with pytest.raises(ValueError, match="unknown preset"):
+        resolve("nope", None, None)
+
+
+def test_spaces_files():
+    """Spaces reads the README front matter and installs requirements.txt (not pyproject.toml)."""
+    import tomllib
+
+    front = (ROOT / "README.md").read_text().split("---")[1]
+    for line in ("sdk: gradio", "app_file: app.py", 'python_version: "3.11"'):
+        assert line in front
+    required = {re.split(r"[<>=\[ ]", r)[0].lower() for r in (ROOT / "requirements.txt").read_text().split()
+                if r and not r.startswith(("#", "-"))}
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    needed = {re.split(r"[<>=\[ ]", d)[0].lower() for d in deps} - {"gradio"}  # Spaces pins gradio itself
+    assert needed <= required
+
+
+# -- through a server -------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server(engine):
+    with serve(engine, concurrency_limit=2) as url:
+        yield url
+
+
+@pytest.fixture
+def client(server):
     from gradio_client import Client
 
-    lazy = LazyEngine()
-    catalog = Catalog(64, {5: Feature(5, "golden gate bridge", 4.0, 0.01)})
-    lazy._engine = Engine(tiny_lm, Dictionary.random(32, 64, seed=1, hook_layer=1), catalog, 1, "test")
-    demo = build_demo(lazy).queue()
-    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1")
-    try:
-        yield Client(url, verbose=False)
-    finally:
-        demo.close()
+    return Client(server, verbose=False)
 
 
-def test_search_and_chat(client):
-    assert "golden gate bridge" in client.predict("bridge", api_name="/search")
-    history, fired = client.predict("Hello there", [], "bridge = 3", "add", 8, api_name="/respond")
-    assert history[-1]["role"] == "assistant" and "Features that fired" in fired
+def test_stable_endpoints(client):
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/generate", "/search"}
 
 
-def test_bad_request_is_an_error_and_server_stays_up(client):
+def test_search_endpoint(client):
+    assert client.predict("brdige", api_name="/search") == [
+        {"id": BRIDGE, "label": "golden gate bridge", "max_activation": 4.0, "density": 0.01}]
+    assert client.predict("9", api_name="/search")[0]["id"] == DOGS
+    assert client.predict("zzzz qqqq", api_name="/search") == []
+
+
+def test_generate_with_and_without_steering(client, engine):
+    plain = client.predict("Hello there", {}, api_name="/generate")
+    assert plain["text"] == engine.reply("Hello there", max_new_tokens=64).text
+    assert set(plain["top_features"][0]) == {"id", "label", "activation"} and plain["steer"] == []
+    steered = client.predict("Hello there", {"bridge": 8, "9": -2}, "add", 12, api_name="/generate")
+    assert steered["text"] == engine.reply("Hello there", steer={BRIDGE: 8, DOGS: -2}, max_new_tokens=12).text
+    assert steered["text"] != engine.reply("Hello there", max_new_tokens=12).text
+    assert steered["steer"] == [{"id": BRIDGE, "label": "golden gate bridge", "strength": 8.0},
+                                {"id": DOGS, "label": "dogs", "strength": -2.0}]
+    sampled = [client.predict("Hi", {}, "add", 8, 3, 1.0, api_name="/generate")["text"] for _ in range(2)]
+    assert sampled[0] == sampled[1]  # same seed, same sample
+
+
+def test_two_clients_steering_at_once_get_their_own_results(server, engine):
+    from gradio_client import Client
+
+    message = "Tell me about your weekend."
+    asks = [({"dogs": 8.0}, "add"), ({"deception": 5.0}, "clamp"), ({}, "add")]
+    expected = [engine.reply(message, steer=steer, mode=mode, max_new_tokens=16).text for steer, mode in asks]
+    assert len(set(expected)) == len(asks)  # each steering shows in the text
+    clients = [Client(server, verbose=False) for _ in asks]
+    barrier = threading.Barrier(len(asks))
+    results = [None] * len(asks)
+
+    def ask(i):
+        barrier.wait()  # all in flight together (the test server runs two at once)
+        results[i] = clients[i].predict(message, *asks[i], 16, api_name="/generate")
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert [r["text"] for r in results] == expected
+
+
+def test_bad_requests_give_errors_and_the_server_stays_up(client):
     from gradio_client.exceptions import AppError
 
-    with pytest.raises(AppError, match="finite"):
-        client.predict("Hello", [], "bridge = nan", "add", 8, api_name="/respond")
-    with pytest.raises(AppError, match="empty"):
-        client.predict("   ", [], "", "add", 8, api_name="/respond")
-    assert "golden gate bridge" in client.predict("golden", api_name="/search")
+    bad = [
+        (("Hi", {"bridge": "nan"}), "finite"),
+        (("Hi", {"bridge": 1e9}), "outside"),
+        (("Hi", {"zzzz qqqq": 1}), "no feature matches"),
+        (("Hi", {"bridge": 1}, "sideways"), "mode must be"),
+        (("   ", {}), "empty"),
+        (("Hi", {}, "add", 0), "max_new_tokens"),
+        (("Hi", {}, "add", 2.5), "integer"),
+        (("Hi", "bridge=4"), "steer must be an object"),
+        (("Hi", {"100000": 1}), "out of range"),
+    ]
+    for args, message in bad:
+        with pytest.raises(AppError, match=message):
+            client.predict(*args, api_name="/generate")
+    with pytest.raises(AppError, match="empty search query"):
+        client.predict("  ", api_name="/search")
+    assert client.predict("Hi", {}, "add", 4, api_name="/generate")["text"] is not None

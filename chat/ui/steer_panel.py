@@ -1,0 +1,136 @@
+"""The steering panel: find features by name or id, a slider per chosen feature, add/clamp,
+presets from curated features, reset. What it holds applies to the next reply.
+
+The rows are a fixed set of MAX_ROWS slots shown or hidden (stable components: their events
+stay wired and browser tests can find them by elem_id); the session's rows live in a gr.State.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import gradio as gr
+
+from chat.steering import MODES
+from chat.ui import steer_state as st
+from chat.ui.errors import reported
+from chat.ui.loader import EngineLoader
+
+SEARCH_RESULTS = 12
+MODE_HELP = "add: push along the feature · clamp: hold the feature at the strength (negative suppresses)"
+
+
+@dataclass
+class SteerPanel:
+    rows: gr.State
+    mode: gr.Radio
+    query: gr.Textbox
+    matches: gr.Dropdown
+    add: gr.Button
+    watch: gr.Button
+    presets: gr.Dropdown
+    reset: gr.Button
+    slots: list
+    sliders: list
+    removes: list
+
+    @property
+    def view(self) -> list:
+        """What `render` fills: the rows state, each slot's visibility and its slider."""
+        return [self.rows, *self.slots, *self.sliders]
+
+
+def build() -> SteerPanel:
+    gr.Markdown("### Steering", elem_id="steering-title")
+    query = gr.Textbox(label="Find a feature", placeholder="a name or an id, e.g. bridge", elem_id="feature-search")
+    matches = gr.Dropdown(label="Matches", choices=[], value=None, interactive=True, elem_id="feature-matches")
+    with gr.Row():
+        add = gr.Button("Steer with it", size="sm", variant="primary", elem_id="add-feature")
+        watch = gr.Button("Watch it", size="sm", elem_id="watch-feature")
+    slots, sliders, removes = [], [], []
+    for i in range(st.MAX_ROWS):
+        with gr.Row(visible=False, equal_height=True, elem_id=f"steer-row-{i}") as slot:
+            sliders.append(gr.Slider(-st.DEFAULT_LIMIT, st.DEFAULT_LIMIT, value=0.0, step=0.1, label=" ", scale=8,
+                                     elem_id=f"steer-slider-{i}"))
+            removes.append(gr.Button("✕", size="sm", scale=0, min_width=40, elem_id=f"steer-remove-{i}"))
+        slots.append(slot)
+    gr.Markdown("Strength in multiples of each feature's usual max activation: left suppresses, right "
+                "amplifies, 0 leaves it alone. Applies to the next reply.", elem_classes="hint")
+    mode = gr.Radio(list(MODES), value="add", label="Mode", info=MODE_HELP, elem_id="steer-mode")
+    with gr.Row():
+        presets = gr.Dropdown(label="Presets", choices=[], value=None, visible=False, scale=3, elem_id="presets")
+        reset = gr.Button("Reset all", size="sm", scale=1, elem_id="steer-reset")
+    return SteerPanel(gr.State([]), mode, query, matches, add, watch, presets, reset, slots, sliders, removes)
+
+
+def render(rows: list[st.SteerRow]) -> list:
+    """Outputs for SteerPanel.view."""
+    shown = [gr.Row(visible=i < len(rows)) for i in range(st.MAX_ROWS)]
+    sliders = [
+        gr.Slider(minimum=-r.limit, maximum=r.limit, value=r.strength, label=r.title) for r in rows
+    ] + [gr.Slider(value=0.0, label=" ") for _ in range(st.MAX_ROWS - len(rows))]
+    return [rows, *shown, *sliders]
+
+
+class SteerHandlers:
+    """Event handlers of the steering panel; the rows come in and go out per session."""
+
+    def __init__(self, loader: EngineLoader):
+        self.loader = loader
+
+    @reported
+    def find(self, query: str):
+        query = (query or "").strip()
+        if not query:
+            return gr.Dropdown(choices=[], value=None)
+        catalog = self.loader.get().catalog
+        hits = catalog.search(query, top=SEARCH_RESULTS)
+        if not hits:
+            gr.Info(f"No feature matches {query!r}.")
+        choices = [(f"#{f.id} {catalog.label(f.id)}", f.id) for f in hits]
+        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+    @reported
+    def add(self, feature_id, rows, *values):
+        """Add a feature (an id from the matches or the fired panel) as a row at strength 0."""
+        if feature_id is None:
+            raise gr.Error("Find a feature first, then pick it.")
+        engine = self.loader.get()
+        fid = engine.catalog.resolve(feature_id)
+        row = st.row_for(engine.catalog[fid], engine.catalog.label(fid))
+        rows, problem = st.add(st.with_values(rows, values), row)
+        if problem:
+            gr.Warning(problem)
+        return render(rows)
+
+    @reported
+    def remove(self, index: int, rows, *values):
+        return render(st.remove(st.with_values(rows, values), index))
+
+    def reset(self):
+        return [*render([]), "add"]
+
+    @reported
+    def preset_choices(self):
+        names = [p.name for p in st.presets(self.loader.get().catalog)]
+        return gr.Dropdown(choices=names, value=None, visible=bool(names))
+
+    @reported
+    def apply_preset(self, name):
+        chosen = [p for p in st.presets(self.loader.get().catalog) if p.name == name]
+        if not chosen:  # the dropdown was cleared
+            return [gr.skip()] * (len(render([])) + 2)
+        return [*render(list(chosen[0].rows)), chosen[0].mode, gr.Dropdown(value=None)]
+
+
+def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
+    private = {"api_visibility": "undocumented"}
+    catalog = {"concurrency_id": "catalog", "concurrency_limit": 1, **private}
+    panel.query.submit(handlers.find, panel.query, panel.matches, **catalog)
+    panel.query.input(handlers.find, panel.query, panel.matches, trigger_mode="always_last",
+                      show_progress="hidden", **catalog)
+    panel.add.click(handlers.add, [panel.matches, panel.rows, *panel.sliders], panel.view, **private)
+    for i, button in enumerate(panel.removes):
+        button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders], panel.view, **private)
+    panel.reset.click(handlers.reset, None, [*panel.view, panel.mode], **private)
+    panel.presets.input(handlers.apply_preset, panel.presets, [*panel.view, panel.mode, panel.presets], **private)
