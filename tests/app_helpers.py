@@ -16,7 +16,7 @@ def tiny_catalog(key: str | None = None) -> Catalog:
     example = {"tokens": [" the", " Golden", " Gate", " <b>"], "max_index": 2, "activation": 3.5}
     return Catalog(D_SAE, {
         BRIDGE: Feature(BRIDGE, "golden gate bridge", 4.0, 0.01, curated=True, examples=[example],
-                        top_tokens=[" bridge", " span"], extra={"strength_range": [-3, 6]}),
+                        top_tokens=[" bridge", " span"], strengths={"add": [3, 7]}, steerability=0.8),
         DECEPTION: Feature(DECEPTION, "deception and lies", 3.0, 0.02, curated=True),
         DOGS: Feature(DOGS, "dogs", 2.0, 0.05),
     }, key=key)

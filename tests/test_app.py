@@ -31,19 +31,17 @@ def engine(tiny_lm):
 
 # -- the steering panel's state ---------------------------------------------------------------
 
-def test_recommended_strengths_are_read_defensively():
-    def rec(**extra):
-        return st.recommended(Feature(1, "x", extra=extra))
+def test_measured_strength_bands_set_slider_ranges():
+    def feature(**strengths):
+        return Feature(1, "x", strengths=strengths)
 
-    assert rec(strength_range=[-3, 6]) == (-3.0, 6.0)
-    assert rec(recommended_strength=5) == (-5.0, 5.0)
-    assert rec(steer_strength=[2, 8]) == (-8.0, 8.0)
-    for junk in ({"strength_range": "big"}, {"strength_range": [1]}, {"recommended_strength": float("nan")},
-                 {"recommended_strength": True}, {"strength_range": [0, 0]}, {}):
-        assert rec(**junk) is None
-    assert st.row_for(Feature(1, "x", extra={"strength_range": [-3, 6]}), "x").limit == 12
-    assert st.row_for(Feature(1, "x", extra={"recommended_strength": 1e6}), "x").limit == 200  # MAX_STRENGTH
-    assert st.row_for(Feature(1, "x"), "x", strength=50).strength == st.DEFAULT_LIMIT
+    assert st.recommended(feature(add=[3, 7])) == (-5.0, 5.0, 7.0)
+    assert st.recommended(feature(clamp=[-4, -2]), "clamp") == (-3.0, 3.0, 4.0)
+    assert st.recommended(feature(clamp=[1, 2])) is None  # no band for add
+    assert st.recommended(feature(add=[-2, 2])) is None
+    assert st.row_for(feature(add=[3, 7]), "x").limit == 14
+    assert st.row_for(feature(clamp=[1, 1000]), "x").limit == 200  # MAX_STRENGTH
+    assert st.row_for(feature(), "x", strength=50).strength == st.DEFAULT_LIMIT
 
 
 def test_rows_add_remove_and_values():
@@ -65,7 +63,7 @@ def test_presets_come_from_curated_features():
     assert names == ["More “golden gate bridge”", "More “deception and lies”", "Less “golden gate bridge”",
                      "More “golden gate bridge”, less “deception and lies”"]
     both = st.presets(tiny_catalog())[-1]
-    assert [(r.id, r.strength) for r in both.rows] == [(BRIDGE, 6.0), (DECEPTION, -4.0)]  # recommended, default
+    assert [(r.id, r.strength) for r in both.rows] == [(BRIDGE, 5.0), (DECEPTION, -4.0)]  # measured, default
     assert st.presets(Catalog(8, {1: Feature(1, "not curated")})) == []
 
 
@@ -109,6 +107,7 @@ def test_respond_streams_the_steered_reply_and_compares(engine):
     outs = drain(chat.respond(RunControl(), "Hello there", [], rows, "add", 12, 0, 0, True, [DOGS], 8.0))
     steered = engine.reply("Hello there", steer={BRIDGE: 8.0}, max_new_tokens=12)
     plain = engine.reply("Hello there", max_new_tokens=12)
+    assert len(outs) > 4  # streamed: the chat grows a few tokens at a time
     unsteered = outs[-1][2]  # the compare pass comes last
     final = [o for o in outs if isinstance(o[6], fd.LastReply)][-1]
     assert final[0][-1] == {"role": "assistant", "content": steered.text}
@@ -149,7 +148,7 @@ def test_steering_panel_handlers(engine):
     assert [(r.id, r.strength) for r in view[0]] == [(DOGS, -1.0)]
     assert view[1].visible is True and view[2].visible is False
     applied = steer.apply_preset("Less “golden gate bridge”")
-    assert [(r.id, r.strength) for r in applied[0]] == [(BRIDGE, -3.0)] and applied[-2] == "add"
+    assert [(r.id, r.strength) for r in applied[0]] == [(BRIDGE, -5.0)] and applied[-2] == "add"
     with pytest.raises(gr.Error, match="no feature matches"):
         steer.add("zzzz qqqq", [])
 
@@ -172,6 +171,7 @@ def test_feature_details(engine):
     last = fd.LastReply.of(engine.reply("Hello there", max_new_tokens=6))
     fid, column, card, where, near, examples, name = fired.details(BRIDGE, last)
     assert fid == BRIDGE and column.visible and "golden gate bridge" in card and name == "golden gate bridge"
+    assert "steerability 0.80" in card and "add works at 3…7" in card
     assert [t for t, _ in where] == last.tokens and len(near.choices) == 8 and "example" in examples
     assert fired.watch_add(BRIDGE, [DOGS]).value == [DOGS, BRIDGE]
 

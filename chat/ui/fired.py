@@ -82,6 +82,9 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
         stats.append(f"fires on {f.density:.3%} of tokens")
     if f.curated:
         stats.append("curated")
+    if f.steerability is not None:
+        stats.append(f"steerability {f.steerability:.2f}")
+    stats += [f"{mode} works at {lo:g}…{hi:g}" for mode, (lo, hi) in sorted((f.strengths or {}).items())]
     lines = [f"### #{f.id} {label}", " · ".join(stats)]
     if f.top_tokens:
         lines.append("Promotes: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in f.top_tokens[:8]))

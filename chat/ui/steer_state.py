@@ -5,9 +5,9 @@ amplify right, in multiples of the feature's max activation). Slider values live
 browser; handlers read them as inputs and fold them back in with `with_values`, so the
 state is always what the person sees.
 
-Presets come from curated features. A feature may recommend strengths in features.json;
-`recommended` reads them defensively from any of these keys, as one number (amplify) or a
-[low, high] pair: "strength_range", "recommended_strength", "steer_strength".
+Presets come from curated features, the more steerable first. Where the catalog measured a
+feature's strength band per mode (`Feature.strengths`, {"add": [lo, hi]}: the concept shows
+and the text stays fluent), presets use the band's middle and the slider reaches twice its top.
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Sequence
 
-from chat.steering import MAX_STRENGTH
+from chat.steering import MAX_STRENGTH, MODES
 from features.catalog import Catalog, Feature
 
 MAX_ROWS = 6
 DEFAULT_LIMIT = 10.0  # slider range ±10: past it most features turn text to noise
 DEFAULT_AMPLIFY, DEFAULT_SUPPRESS = 4.0, -4.0
 MAX_PRESET_FEATURES = 3
-STRENGTH_KEYS = ("strength_range", "recommended_strength", "steer_strength")
 
 
 @dataclass(frozen=True)
@@ -44,29 +43,22 @@ class Preset:
     mode: str = "add"
 
 
-def recommended(feature: Feature) -> tuple[float, float] | None:
-    """(suppress, amplify) strengths the catalog recommends for this feature, if any."""
-    for key in STRENGTH_KEYS:
-        value = feature.extra.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value:
-            return -abs(value), abs(value)
-        if (isinstance(value, (list, tuple)) and len(value) == 2
-                and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value)):
-            low, high = sorted(float(v) for v in value)
-            if low < 0 < high:
-                return low, high
-            if high > 0:  # only amplifying strengths given
-                return -high, high
-            if low < 0:
-                return low, -low
-    return None
+def recommended(feature: Feature, mode: str = "add") -> tuple[float, float, float] | None:
+    """(suppress, amplify, largest) strengths from the feature's measured band for `mode`, if any."""
+    band = (feature.strengths or {}).get(mode)
+    if not (isinstance(band, (list, tuple)) and len(band) == 2):
+        return None
+    low, high = sorted(float(v) for v in band)
+    middle = abs(low + high) / 2
+    if not (math.isfinite(middle) and middle > 0):
+        return None
+    return -middle, middle, max(abs(low), abs(high))
 
 
 def row_for(feature: Feature, label: str, strength: float = 0.0) -> SteerRow:
-    """A row for `feature`; its slider reaches twice the recommended strength, when there is one."""
-    rec = recommended(feature)
-    limit = DEFAULT_LIMIT if rec is None else max(DEFAULT_LIMIT, 2 * max(-rec[0], rec[1]))
-    limit = min(limit, MAX_STRENGTH)
+    """A row for `feature`; its slider reaches twice the largest measured strength, if any."""
+    largest = max((rec[2] for mode in MODES if (rec := recommended(feature, mode))), default=0.0)
+    limit = min(max(DEFAULT_LIMIT, 2 * largest), MAX_STRENGTH)
     return SteerRow(feature.id, label, max(-limit, min(limit, strength)), limit)
 
 
@@ -105,21 +97,21 @@ def describe(rows: Sequence[SteerRow], mode: str) -> str:
 def presets(catalog: Catalog) -> list[Preset]:
     """Ready settings from curated features: each amplified, the first suppressed, and the first
     two together (one up, one down). Empty when the catalog has no curated feature."""
-    curated = [f for f in catalog if f.curated][:MAX_PRESET_FEATURES]
-    out = []
+    curated = sorted((f for f in catalog if f.curated), key=lambda f: -(0.5 if f.steerability is None else f.steerability))
+    curated = curated[:MAX_PRESET_FEATURES]
 
-    def strength(f: Feature, amplify: bool) -> float:
-        rec = recommended(f)
-        return (rec[1] if amplify else rec[0]) if rec else (DEFAULT_AMPLIFY if amplify else DEFAULT_SUPPRESS)
+    def row(f: Feature, amplify: bool) -> SteerRow:
+        rec = recommended(f, "add")
+        strength = (rec[1] if amplify else rec[0]) if rec else (DEFAULT_AMPLIFY if amplify else DEFAULT_SUPPRESS)
+        return row_for(f, catalog.label(f.id), strength)
 
-    for f in curated:
-        out.append(Preset(f"More “{catalog.label(f.id)}”", (row_for(f, catalog.label(f.id), strength(f, True)),)))
+    def name(f: Feature) -> str:
+        return f"“{catalog.label(f.id)}”"
+
+    out = [Preset(f"More {name(f)}", (row(f, True),)) for f in curated]
     if curated:
-        f = curated[0]
-        out.append(Preset(f"Less “{catalog.label(f.id)}”", (row_for(f, catalog.label(f.id), strength(f, False)),)))
+        out.append(Preset(f"Less {name(curated[0])}", (row(curated[0], False),)))
     if len(curated) >= 2:
         up, down = curated[0], curated[1]
-        out.append(Preset(f"More “{catalog.label(up.id)}”, less “{catalog.label(down.id)}”",
-                          (row_for(up, catalog.label(up.id), strength(up, True)),
-                           row_for(down, catalog.label(down.id), strength(down, False)))))
+        out.append(Preset(f"More {name(up)}, less {name(down)}", (row(up, True), row(down, False))))
     return out

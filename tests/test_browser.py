@@ -1,0 +1,74 @@
+"""End to end in a real headless Chromium (Debian's, driven by Playwright): find a feature, move
+its slider, send a message, see the streamed reply, the steered/unsteered comparison and the
+fired-features panel, and highlight where a feature fired. Tiny model, so it takes seconds."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from app_helpers import BRIDGE, serve, tiny_engine
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TIMEOUT_MS = 60_000  # generous: CI machines may be slow and busy
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chromium at /usr/bin/chromium "
+                                "(.ci/run installs it: apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def app(tiny_lm):
+    """(a browser page showing the app, the engine behind it)"""
+    from playwright.sync_api import sync_playwright
+
+    engine = tiny_engine(tiny_lm)
+    with serve(engine) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(TIMEOUT_MS)
+        page.goto(url)
+        try:
+            yield page, engine
+        finally:
+            browser.close()
+
+
+def test_chat_with_a_slider_and_the_fired_features_panel(app, tmp_path):
+    from playwright.sync_api import expect
+
+    page, engine = app
+    expect(page.locator("#status")).to_contain_text("Loaded: tiny-gemma3")
+    search = page.locator("#feature-search textarea")
+    search.fill("bridge")
+    search.press("Enter")
+    expect(page.locator("#feature-matches input")).to_have_value("#5 golden gate bridge")
+    page.locator("#add-feature").click()
+    expect(page.locator("#steer-row-0")).to_be_visible()
+    expect(page.locator("#steer-row-0")).to_contain_text("#5 golden gate bridge")
+    strength = page.locator("#steer-slider-0 input[type=number]")
+    strength.fill("3")
+    strength.press("Enter")
+
+    page.locator("#compare input").check()
+    message = page.locator("#message textarea")
+    message.fill("Hello there")
+    message.press("Enter")
+
+    expect(page.locator("#fired button").first).to_be_visible()
+    steered = engine.reply("Hello there", steer={BRIDGE: 3.0}, max_new_tokens=96).text
+    unsteered = engine.reply("Hello there", max_new_tokens=96).text
+    expect(page.locator("#reply-steered")).to_contain_text("Steered (add: +3 × #5 golden gate bridge)")
+    expect(page.locator("#reply-steered textarea")).to_have_value(steered)
+    expect(page.locator("#reply-unsteered textarea")).to_have_value(unsteered)
+    expect(page.locator("#chat .bot").last).to_be_visible()
+    assert page.locator("#message textarea").input_value() == ""
+
+    first = page.locator("#fired button").first
+    feature_id = first.inner_text().split()[0]  # "#12"
+    first.click()
+    expect(page.locator("#feature-details")).to_contain_text(feature_id)
+    expect(page.locator("#feature-highlight")).to_be_visible()
+    expect(page.locator("#neighbours")).to_contain_text("cos")
+    page.screenshot(path=str(tmp_path / "app.png"), full_page=True)  # kept by pytest for a look after a failure
