@@ -3,6 +3,7 @@
     python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
     python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
+    python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -101,6 +102,28 @@ def cmd_label(args) -> None:
     print(f"labelled {len(found)} live features of {engine.dictionary.d_sae}; wrote {path}")
 
 
+def cmd_steerability(args) -> None:
+    from dataclasses import replace
+
+    from chat.engine import load
+    from features.catalog import Catalog
+    from features.steerability import output_scores, target_ids, target_words
+
+    engine = load(args.model, args.dictionary, args.layer)
+    folder = Path(args.dictionary)
+    catalog = Catalog.load(folder, engine.dictionary.d_sae)
+    live = [f for f in catalog if f.max_activation]
+    targets = {f.id: target_ids(engine.lm.tokenizer, target_words(f.label, f.top_tokens)) for f in live}
+    scores = output_scores(engine.lm, engine.dictionary, engine.layer, engine.max_acts, targets,
+                           strength=args.strength, batch_size=args.batch_size)
+    features = {f.id: replace(f, steerability=scores.get(f.id, 0.0)) for f in live}
+    path = Catalog(engine.dictionary.d_sae, {f.id: f for f in catalog if f.has_info()} | features).save(folder)
+    ranked = sorted(scores.items(), key=lambda kv: -kv[1])
+    print(f"scored {len(scores)} features; wrote {path}; most steerable:")
+    for fid, score in ranked[:10]:
+        print(f"  #{fid:<6} {score:.3f}  {catalog.label(fid)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +158,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int)
     p.add_argument("--tokens", type=int, default=500_000)
 
+    p = sub.add_parser("steerability", help="output score of every labelled feature -> features.json")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--strength", type=float, default=4.0, help="add-mode strength (multiples of max activation)")
+    p.add_argument("--batch-size", type=int, default=32)
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
@@ -150,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "evaluate": cmd_evaluate}[args.command](args)
+        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
+         "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise
