@@ -149,3 +149,18 @@ def test_cli_check_exit_codes(tmp_path, capsys, monkeypatch, engine):
     (tmp_path / "broken.toml").write_text("[[case]]\nfeature = 1\n")
     assert main(["check", str(tmp_path / "broken.toml")]) == 2
     assert "missing 'strength'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("steer", [None, {5: 6.0}, {9: 3.0}])
+def test_batched_replies_equal_one_at_a_time(engine, steer):
+    from chat.batch import replies
+    from chat.steering import Steering
+
+    mode = "clamp" if steer and 9 in steer else "add"
+    steering = Steering(steer or {}, mode=mode)
+    prompts = ["Hello", "Tell me about your weekend, please, in detail.", "Dogs?"]
+    batched = replies(engine, prompts, steering, max_new_tokens=8)
+    for prompt, b in zip(prompts, batched):
+        single = engine.reply(prompt, steer=steering, max_new_tokens=8)
+        assert b.token_ids == single.token_ids and b.text == single.text
+        assert b.prompt_ids == list(engine.prompt(prompt, 8).ids)
