@@ -4,6 +4,7 @@
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
     python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
     python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
+    python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -124,6 +125,45 @@ def cmd_steerability(args) -> None:
         print(f"  #{fid:<6} {score:.3f}  {catalog.label(fid)}")
 
 
+def cmd_calibrate(args) -> None:
+    from dataclasses import replace
+
+    from chat.engine import load
+    from features.calibrate import band, sweep, unsteered
+    from features.catalog import Catalog
+
+    engine = load(args.model, args.dictionary, args.layer)
+    folder = Path(args.dictionary)
+    catalog = Catalog.load(folder, engine.dictionary.d_sae)
+    if args.feature is not None:
+        terms = [t.strip() for t in (args.terms or "").split(",") if t.strip()]
+        if not terms:
+            raise ValueError("--feature needs --terms (comma-separated words that show the concept)")
+        jobs = [(catalog.resolve(args.feature), terms)]
+    else:
+        jobs = [(f.id, f.extra.get("terms") or []) for f in catalog if f.curated]
+        jobs = [(i, t) for i, t in jobs if t]
+        if not jobs:
+            raise ValueError("no curated feature with concept terms ('terms' in features.json); pass --feature/--terms")
+    baseline = unsteered(engine, max_new_tokens=args.max_new_tokens)
+    updated = {}
+    for fid, terms in jobs:
+        bands = {}
+        for mode in args.modes:
+            points = sweep(engine, fid, mode, terms, max_new_tokens=args.max_new_tokens, baseline=baseline)
+            bands[mode] = band(points)
+            print(f"#{fid} {catalog.label(fid)} [{mode}] terms={','.join(terms)} band={bands[mode]}")
+            for p in points:
+                print(f"  {p.strength:>5g}  rate {p.concept_rate:.2f}  cost {p.fluency_cost:5.2f}  | {p.samples[0][:90]!r}")
+        if args.write:
+            strengths = {m: b for m, b in bands.items() if b} | {m: b for m, b in catalog[fid].strengths.items()
+                                                                   if m not in bands}
+            updated[fid] = replace(catalog[fid], strengths=strengths, extra=catalog[fid].extra | {"terms": terms})
+    if updated:
+        features = {f.id: f for f in catalog if f.has_info()} | updated
+        print(f"wrote {Catalog(engine.dictionary.d_sae, features).save(folder)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=4.0, help="add-mode strength (multiples of max activation)")
     p.add_argument("--batch-size", type=int, default=32)
 
+    p = sub.add_parser("calibrate", help="sweep strengths: where does the concept show while text stays fluent?")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--feature", help="id or label query (default: every curated feature with terms)")
+    p.add_argument("--terms", help="comma-separated concept words, with --feature")
+    p.add_argument("--modes", nargs="+", default=["add", "clamp"], choices=["add", "clamp"])
+    p.add_argument("--max-new-tokens", type=int, default=24)
+    p.add_argument("--write", action="store_true", help="store the bands (and terms) in features.json")
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
@@ -181,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
-         "evaluate": cmd_evaluate}[args.command](args)
+         "calibrate": cmd_calibrate, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise

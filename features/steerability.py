@@ -22,14 +22,9 @@ from torch import Tensor
 from chat.hooks import on_output
 from chat.models import LoadedModel
 from chat.prompt import build_prompt
+from features.calibrate import NEUTRAL_PROMPTS
 from features.dictionary import Dictionary
 
-NEUTRAL_PROMPTS = (
-    "Tell me about your weekend.",
-    "What should I do this afternoon?",
-    "Write a few sentences about anything you like.",
-    "How was your day?",
-)
 STRENGTH = 4.0  # multiples of max activation: clearly audible for most features, rarely gibberish
 POSITIONS = 4  # reply positions scored per prompt: the first reply token and three after it
 _WORD = re.compile(r"[A-Za-z]{3,}")
@@ -71,7 +66,7 @@ def _scored_prompts(lm: LoadedModel, prompts: Sequence[str]) -> list[list[int]]:
 
 def output_scores(lm: LoadedModel, dictionary: Dictionary, layer: int, max_acts: Tensor,
                   targets: dict[int, list[int]], *, strength: float = STRENGTH,
-                  prompts: Sequence[str] = NEUTRAL_PROMPTS, batch_size: int = 32,
+                  prompts: Sequence[str] = NEUTRAL_PROMPTS[:4], batch_size: int = 32,
                   progress: bool = True) -> dict[int, float]:
     """{feature id: steerability} for the features in `targets` ({id: target token ids})."""
     from tqdm.auto import tqdm

@@ -1,0 +1,67 @@
+"""Recommended strengths: sweep a feature's strength and keep the band where its concept shows
+up in replies to neutral prompts while the text stays fluent.
+
+For each strength: greedy replies to NEUTRAL_PROMPTS (one batch), their concept rate (replies
+mentioning a concept term) and fluency cost (perplexity of the steered reply under the unsteered
+model over the unsteered reply's; chat/metrics.py). The band is the lowest to the highest strength
+with concept rate >= MIN_RATE and cost <= MAX_COST.
+"""
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+from chat import metrics
+from chat.batch import replies
+from chat.steering import Steering
+
+NEUTRAL_PROMPTS = (
+    "Tell me about your weekend.",
+    "What should I do this afternoon?",
+    "Write a few sentences about anything you like.",
+    "How was your day?",
+    "Tell me a story.",
+    "What is on your mind?",
+)
+STRENGTHS = {"add": (2.0, 4.0, 6.0, 8.0, 12.0, 16.0), "clamp": (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)}
+MIN_RATE = 0.5  # at least half the replies mention the concept
+MAX_COST = 4.0  # greedy unsteered replies are unusually predictable, so allow 4x their perplexity
+
+
+class SweepPoint(NamedTuple):
+    strength: float
+    concept_rate: float  # share of replies mentioning the concept
+    fluency_cost: float  # geometric mean perplexity ratio (1 = as fluent as unsteered)
+    score: float  # harmonic mean of the two (chat.metrics.combined_score)
+    samples: tuple[str, ...]  # the replies
+
+
+def _perplexities(engine, rows) -> list[float]:
+    return [metrics.perplexity(engine, r.prompt_ids, r.token_ids) for r in rows]
+
+
+def sweep(engine, feature: int, mode: str, terms: Sequence[str], strengths: Sequence[float] | None = None,
+          prompts: Sequence[str] = NEUTRAL_PROMPTS, max_new_tokens: int = 24, baseline=None) -> list[SweepPoint]:
+    """Concept rate and fluency cost of steering `feature` at each strength.
+    `baseline`: the unsteered (replies, perplexities) for these prompts, to share between sweeps."""
+    plain, plain_ppl = baseline or unsteered(engine, prompts, max_new_tokens)
+    points = []
+    for s in strengths or STRENGTHS[mode]:
+        rows = replies(engine, prompts, Steering({feature: s}, mode=mode), max_new_tokens)
+        costs = [math.log(p / q) if math.isfinite(p) and math.isfinite(q) else math.inf
+                 for p, q in zip(_perplexities(engine, rows), plain_ppl)]
+        cost = math.exp(sum(costs) / len(costs))
+        rate = metrics.concept_rate([r.text for r in rows], terms)
+        points.append(SweepPoint(s, rate, cost, metrics.combined_score(rate, cost), tuple(r.text for r in rows)))
+    return points
+
+
+def unsteered(engine, prompts: Sequence[str] = NEUTRAL_PROMPTS, max_new_tokens: int = 24):
+    rows = replies(engine, prompts, None, max_new_tokens)
+    return rows, _perplexities(engine, rows)
+
+
+def band(points: Sequence[SweepPoint], min_rate: float = MIN_RATE, max_cost: float = MAX_COST) -> list[float] | None:
+    """[low, high] strengths that pass both bounds, or None when none does."""
+    good = [p.strength for p in points if p.concept_rate >= min_rate and p.fluency_cost <= max_cost]
+    return [min(good), max(good)] if good else None
