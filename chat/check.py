@@ -179,7 +179,7 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(data, str(p))
 
 
-class _Baselines:
+class Baselines:
     """Unsteered replies, computed once per (prompt, seed, settings) and shared by every case."""
 
     def __init__(self, engine):
@@ -195,8 +195,8 @@ class _Baselines:
         return self.cache[key]
 
 
-def run_case(engine, case: Case, baselines: _Baselines | None = None) -> CaseResult:
-    baselines = baselines or _Baselines(engine)
+def run_case(engine, case: Case, baselines: Baselines | None = None) -> CaseResult:
+    baselines = baselines or Baselines(engine)
     fid = engine.catalog.resolve(case.feature)
     steering = Steering({fid: case.strength}, mode=case.mode)
     concept_ids = metrics.concept_token_ids(engine.lm.tokenizer, case.terms)
@@ -234,7 +234,7 @@ def run_case(engine, case: Case, baselines: _Baselines | None = None) -> CaseRes
 
 
 def run_spec(engine, spec: Spec, progress=None) -> list[CaseResult]:
-    baselines = _Baselines(engine)
+    baselines = Baselines(engine)
     results = []
     for case in spec.cases:
         results.append(run_case(engine, case, baselines))

@@ -1,4 +1,4 @@
-"""Command line: `python -m chat reply|search|encode|check ...` (a stable contract for scripts).
+"""Command line: `python -m chat reply|search|encode|check|bench ...` (a stable contract for scripts).
 
 User errors print one line on stderr and exit 2 (`check` exits 1 when a case fails); nothing
 prints a traceback unless STEERCHAT_DEBUG=1.
@@ -50,9 +50,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
 
+    p = sub.add_parser("bench", help="measure steering overhead, cold start and dictionary throughput")
+    p.add_argument("--quick", action="store_true", help="fewer and shorter runs (about a minute on 2 CPU cores)")
+    p.add_argument("--tokens", type=int, help="new tokens per decode run (default 64, quick 24)")
+    p.add_argument("--repeats", type=int, help="runs of each variant, interleaved (default 5, quick 3)")
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+
     p = sub.add_parser("check", help="run a steering test spec (TOML/JSON); exit 1 when a case fails")
     p.add_argument("spec")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--vs-prompting", action="store_true",
+                   help="instead, compare each 'present' case with asking for the concept in the prompt")
     _add_source_args(p)
     return parser
 
@@ -126,6 +135,26 @@ def cmd_encode(args) -> None:
         print(f"{token!r:>16}  {names}")
 
 
+def cmd_bench(args) -> None:
+    from chat.bench import Settings, run, table
+
+    settings = Settings.quick() if args.quick else Settings()
+    for name in ("tokens", "repeats"):
+        value = getattr(args, name)
+        if value is not None:
+            if value < 1:
+                raise ValueError(f"--{name} must be at least 1")
+            setattr(settings, name, value)
+    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
+    results = run(settings, model=args.model, dictionary=args.dictionary, layer=args.layer, device=args.device,
+                  allow_pickle=args.allow_pickle, progress=progress)
+    if args.json:
+        print(json.dumps({"rows": results.rows, "machine": results.machine, "settings": results.settings,
+                          "details": results.details}))
+    else:
+        print(table(results))
+
+
 def cmd_check(args) -> int:
     from chat.check import load_spec, run_spec, table
 
@@ -134,6 +163,12 @@ def cmd_check(args) -> int:
     args.dictionary = args.dictionary or spec.dictionary
     args.layer = args.layer if args.layer is not None else spec.layer
     engine = _engine(args)
+    if args.vs_prompting:
+        from chat import versus
+
+        rows = versus.versus(engine, spec, progress=None if args.json else lambda r: print(r.concept, file=sys.stderr))
+        print(json.dumps([r.summary() for r in rows], ensure_ascii=False) if args.json else versus.table(rows))
+        return 0
     progress = None if args.json else (lambda r: print(f"{'ok  ' if r.passed else 'FAIL'} {r.name}", file=sys.stderr))
     results = run_spec(engine, spec, progress=progress)
     if args.json:
@@ -153,7 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        commands = {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode, "check": cmd_check}
+        commands = {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode, "check": cmd_check,
+                    "bench": cmd_bench}
         return commands[args.command](args) or 0
     except USER_ERRORS as e:
         if os.environ.get("STEERCHAT_DEBUG"):

@@ -164,3 +164,18 @@ def test_batched_replies_equal_one_at_a_time(engine, steer):
         single = engine.reply(prompt, steer=steering, max_new_tokens=8)
         assert b.token_ids == single.token_ids and b.text == single.text
         assert b.prompt_ids == list(engine.prompt(prompt, 8).ids)
+
+
+def test_versus_prompting_scores_both_ways_on_the_same_prompts(engine, capsys, monkeypatch, tmp_path):
+    from chat import versus
+
+    s = parse_spec(spec(strength=0.0, terms=["zebra"], min_concept_rate=0.0))
+    (row,) = versus.versus(engine, s)
+    assert row.concept == "zebra" and row.steering.fluency_cost == pytest.approx(1.0)
+    assert 0.0 <= row.prompting_rate <= 1.0 and row.prompting_cost > 0
+    assert "| zebra | #5 add 0 |" in versus.table([row])
+    monkeypatch.setattr("chat.cli._engine", lambda args: engine)
+    path = tmp_path / "s.json"
+    path.write_text(json.dumps(spec(strength=0.0, terms=["zebra"])))
+    assert main(["check", str(path), "--vs-prompting", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["prompting"]["concept_rate"] == row.prompting_rate
