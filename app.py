@@ -86,7 +86,10 @@ def main(argv: list[str] | None = None) -> None:
     from chat.ui.gpu import on_zero_gpu
 
     args = parse_args(argv)
-    model, dictionary = resolve(args.preset, args.model, args.dictionary)
+    try:
+        model, dictionary = resolve(args.preset, args.model, args.dictionary)
+    except ValueError as e:  # a preset named in STEERCHAT_PRESET bypasses argparse's choices
+        raise SystemExit(f"error: {e}") from None
     loader = EngineLoader(model, dictionary, args.layer, device=args.device or ("cuda" if on_zero_gpu() else None))
     if on_zero_gpu():
         loader.get()  # ZeroGPU wants the weights on "cuda" before the first request forks

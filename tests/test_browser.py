@@ -21,8 +21,9 @@ pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian chro
 @pytest.fixture(scope="module")
 def app(tiny_lm):
     """(a browser page showing the app, the engine behind it)"""
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
 
+    expect.set_options(timeout=TIMEOUT_MS)
     engine = tiny_engine(tiny_lm)
     with serve(engine) as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)

@@ -76,10 +76,11 @@ def build() -> ChatPanel:
     with gr.Row(visible=False, elem_id="compare-row") as compare_row:
         unsteered = gr.Textbox(label="Unsteered", lines=5, interactive=False, elem_id="reply-unsteered")
         steered = gr.Textbox(label="Steered", lines=5, interactive=False, elem_id="reply-steered")
-    with gr.Accordion("Generation settings", open=False):
-        max_new_tokens = gr.Slider(1, 512, value=96, step=1, label="Max new tokens")
-        temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, reproducible)")
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when temperature > 0)")
+    with gr.Accordion("Generation settings", open=False, elem_id="settings"):
+        max_new_tokens = gr.Slider(1, 512, value=96, step=1, label="Max new tokens", elem_id="max-new-tokens")
+        temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, reproducible)",
+                                elem_id="temperature")
+        seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when temperature > 0)", elem_id="seed")
     return ChatPanel(gr.State(RunControl()), chatbot, message, send, stop, retry, clear, compare, compare_row,
                      unsteered, steered, max_new_tokens, temperature, seed)
 
