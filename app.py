@@ -1,6 +1,7 @@
 """Gradio app: chat with a model while steering it by the named features of a dictionary.
 
-    python app.py [--model REF] [--dictionary REF] [--layer L] [--preset NAME] [--port N]
+    python app.py [--model REF] [--dictionary REF] [--layer L] [--preset NAME] [--device D]
+                  [--host H] [--port N] [--concurrency N]
 
 Environment variables (for Spaces): STEERCHAT_MODEL, STEERCHAT_DICTIONARY, STEERCHAT_LAYER,
 STEERCHAT_PRESET. Nothing heavy happens at import: `build_demo` makes the UI, `main` starts

@@ -116,7 +116,7 @@ def test_respond_streams_the_steered_reply_and_compares(engine):
     assert outs[0][3].label == "Steered (add: +8 × #5 golden gate bridge)"
 
 
-def test_stop_ends_a_running_reply(engine):
+def test_stop_and_clear_end_a_running_reply(engine):
     chat = ChatHandlers(EngineLoader.ready(engine))
     run = RunControl()
     replies = chat.respond(run, "Hello there", [], [], "add", 400, 0, 0, False, [])
@@ -124,6 +124,10 @@ def test_stop_ends_a_running_reply(engine):
     chat.stop(run)
     last = [o for o in replies if isinstance(o[6], fd.LastReply)][-1][6]
     assert len(last.tokens) < 400
+    replies = chat.respond(run, "Hello there", [], [], "add", 400, 0, 0, False, [])
+    next(replies)
+    assert chat.clear(run)[0] == []
+    assert list(replies) == []  # a cleared chat is not written back
 
 
 def test_retry_takes_back_the_last_turn(engine):
@@ -141,6 +145,7 @@ def test_retry_takes_back_the_last_turn(engine):
 def test_steering_panel_handlers(engine):
     steer = SteerHandlers(EngineLoader.ready(engine))
     assert steer.find("bridge").choices == [("#5 golden gate bridge", BRIDGE)]
+    assert steer.find("zzzz qqqq").label == "No feature matches 'zzzz qqqq'"
     rows = steer.add(BRIDGE, [])[0]
     rows = steer.add("dogs", rows, 2.5)[0]  # the slider of row 0 shows 2.5
     assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 2.5), (DOGS, 0.0)]

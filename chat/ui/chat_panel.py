@@ -28,9 +28,10 @@ class RunControl:
     def __init__(self):
         self.streams: list = []
         self.stopped = False
+        self.discarded = False  # Clear: the running reply must not write the chat back
 
     def begin(self) -> None:
-        self.streams, self.stopped = [], False
+        self.streams, self.stopped, self.discarded = [], False, False
 
     def track(self, stream):
         self.streams.append(stream)
@@ -38,8 +39,9 @@ class RunControl:
             stream.stop()
         return stream
 
-    def stop(self) -> None:
+    def stop(self, discard: bool = False) -> None:
         self.stopped = True
+        self.discarded = discard
         for stream in self.streams:
             stream.stop()
 
@@ -116,8 +118,12 @@ class ChatHandlers:
         skip = gr.skip()
         yield shown, "", ("" if compare else skip), steered_label, skip, skip, skip, skip
         for delta in stream:
+            if run.discarded:
+                return
             shown[-1]["content"] += delta
             yield shown, skip, skip, (shown[-1]["content"] if compare else skip), skip, skip, skip, skip
+        if run.discarded:
+            return
         reply = stream.reply
         last = fd.LastReply.of(reply)
         alert, fired = fd.watch_alert(last, watched or [], engine.catalog.label)
@@ -134,6 +140,8 @@ class ChatHandlers:
         base = run.track(engine.stream(conversation, steer=None, mode=mode, **settings))
         unsteered = ""
         for delta in base:
+            if run.discarded:
+                return
             unsteered += delta
             yield skip, skip, unsteered, skip, skip, skip, skip, skip
 
@@ -150,7 +158,7 @@ class ChatHandlers:
         return messages[:users[-1]], messages[users[-1]]["content"]
 
     def clear(self, run: RunControl):
-        run.stop()
+        run.stop(discard=True)
         return [], "", "", gr.Textbox(value="", label="Steered"), None, "", None, gr.Column(visible=False)
 
     def show_compare(self, on: bool):

@@ -82,13 +82,13 @@ class SteerHandlers:
     def find(self, query: str):
         query = (query or "").strip()
         if not query:
-            return gr.Dropdown(choices=[], value=None)
+            return gr.Dropdown(choices=[], value=None, label="Matches")
         catalog = self.loader.get().catalog
         hits = catalog.search(query, top=SEARCH_RESULTS)
-        if not hits:
-            gr.Info(f"No feature matches {query!r}.")
         choices = [(f"#{f.id} {catalog.label(f.id)}", f.id) for f in hits]
-        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+        # The label says "none" rather than a pop-up, which would repeat at every keystroke.
+        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
+                           label=f"Matches ({len(hits)})" if hits else f"No feature matches {query!r}")
 
     @reported
     def add(self, feature_id, rows, *values):
