@@ -1,13 +1,14 @@
 """Named features: labels and per-feature stats for one dictionary, and search over them.
 
-A catalog is stored beside its dictionary as `features.json`:
+A catalog is stored beside its dictionary as `features.json` (or gzipped, `features.json.gz`):
 
     {"format": "steerchat-features/1",
      "d_sae": 16384,
      "features": [            # only features that carry some information, ordered by id
        {"id": 123, "label": "the Golden Gate Bridge", "max_activation": 41.5, "density": 0.0003,
         "curated": true, "examples": [{"tokens": [...], "acts": [...], "max_index": 7}],
-        "top_tokens": [" bridge", " Golden"], ...any other keys, kept in `Feature.extra`}]}
+        "top_tokens": [" bridge", " Golden"], "steerability": 0.31,
+        "strengths": {"add": [4, 8], "clamp": [4, 12]}, ...any other keys, kept in `Feature.extra`}]}
 
 Only `id` is required in an entry; `label` defaults to "", the stats to null, the lists to [].
 
@@ -115,17 +116,23 @@ class Catalog:
 
     @classmethod
     def load(cls, folder: Path | None, d_sae: int, key: str | None = None) -> "Catalog":
-        path = Path(folder) / FILENAME if folder is not None else None
+        path = _catalog_file(Path(folder)) if folder is not None else None
         features = _read_features(path, d_sae) if path is not None and path.exists() else {}
         return cls(d_sae, features, key=key)
 
-    def save(self, folder: Path) -> Path:
+    def save(self, folder: Path, compress: bool | None = None) -> Path:
+        """Write features.json, or features.json.gz with `compress` (default: whichever the
+        folder already has; a shipped 16k catalog with examples is ~5x smaller gzipped)."""
         # One feature per line: readable, diffable, and compact despite examples.
         rows = [json.dumps(f.to_json(), ensure_ascii=False, allow_nan=False)
                 for _, f in sorted(self._features.items()) if f.has_info()]
         body = ",\n".join(rows)
-        path = Path(folder) / FILENAME
-        _write_atomic(path, f'{{"format": "{FORMAT}", "d_sae": {self.d_sae}, "features": [\n{body}\n]}}\n')
+        text = f'{{"format": "{FORMAT}", "d_sae": {self.d_sae}, "features": [\n{body}\n]}}\n'
+        folder = Path(folder)
+        if compress is None:
+            compress = _catalog_file(folder).suffix == ".gz"
+        path = folder / (FILENAME + ".gz" if compress else FILENAME)
+        _write_atomic(path, gzip.compress(text.encode("utf-8"), mtime=0) if compress else text)
         return path
 
     def __len__(self) -> int:
@@ -366,10 +373,18 @@ def _finite_floats(values: Sequence[float]) -> list[float | None]:
     return [float(v) if math.isfinite(float(v)) else None for v in values]  # JSON has no NaN
 
 
+def _catalog_file(folder: Path) -> Path:
+    """features.json, else features.json.gz where only that exists."""
+    plain = folder / FILENAME
+    packed = folder / (FILENAME + ".gz")
+    return packed if packed.exists() and not plain.exists() else plain
+
+
 def _read_features(path: Path, d_sae: int) -> dict[int, Feature]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+        data = json.loads(raw.decode("utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
         raise ValueError(f"{path} is not valid JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise ValueError(f"{path} is not a steerchat features file (expected \"format\": \"{FORMAT}\")")
@@ -430,12 +445,15 @@ def _read_renames(path: Path) -> dict[int, str]:
     return {int(k): v for k, v in data.items()}
 
 
-def _write_atomic(path: Path, text: str) -> None:
+def _write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and os.replace, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace stays atomic
     try:
-        tmp.write_text(text, encoding="utf-8")
+        if isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            tmp.write_text(data, encoding="utf-8")
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

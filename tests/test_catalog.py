@@ -293,3 +293,15 @@ def test_neighbours_of_a_dictionary():
     assert len(neighbours(d, 2, k=100)) == 4
     with pytest.raises(FeatureNotFound):
         neighbours(d, 5)
+
+
+def test_gzipped_catalog_round_trip_and_save_keeps_the_format(tmp_path):
+    cat = Catalog(D_SAE, {3: Feature(3, "anger", 2.0, 0.1, examples=[{"tokens": ["a"], "max_index": 0}])})
+    path = cat.save(tmp_path, compress=True)
+    assert path.name == "features.json.gz" and not (tmp_path / FILENAME).exists()
+    loaded = Catalog.load(tmp_path, D_SAE)
+    assert loaded[3] == cat[3]
+    assert loaded.save(tmp_path) == path  # a gzipped catalog stays gzipped
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(ValueError, match="not valid JSON"):
+        Catalog.load(tmp_path, D_SAE)
