@@ -14,6 +14,7 @@ engine serves many users (threads) at once.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,7 +26,7 @@ from torch import Tensor
 from chat.generate import GenerationSettings, Reply, ReplyStream, generate
 from chat.hooks import Recorder, StopForward, attach
 from chat.models import LoadedModel, load_model
-from chat.prompt import Prompt, PromptError, build_prompt
+from chat.prompt import Prompt, PromptError, build_prompt, clean_text
 from chat.steering import FeatureSteerer, Steering, SteeringError
 from features import formats
 from features.catalog import Catalog, Feature, neighbours
@@ -86,6 +87,11 @@ class Engine:
         self.max_acts = torch.tensor(
             [catalog.max_activation(i) or 1.0 for i in range(dictionary.d_sae)], dtype=torch.float32
         )  # (d_sae,) the unit of steering strength per feature
+        bad = (~torch.isfinite(self.max_acts) | (self.max_acts < 0)).nonzero()
+        if bad.numel():
+            i = int(bad[0])
+            raise DictionaryError(f"the features file of {dictionary_name!r} gives feature {i} max_activation "
+                                  f"{self.max_acts[i].item()}; it must be a finite number >= 0")
 
     def _calibrate(self) -> None:
         """Documented fallback for dictionaries without stats: max activation and density on
@@ -105,19 +111,26 @@ class Engine:
     def search(self, query: str, top: int = 10) -> list[Feature]:
         return self.catalog.search(query, top=top)
 
+    def _feature_id(self, query: str | int) -> int:
+        if isinstance(query, bool) or not isinstance(query, (str, numbers.Integral)):
+            raise SteeringError(f"a feature is an id or a label query, got {query!r}")
+        return self.catalog.resolve(query)
+
     def feature(self, query: str | int) -> Feature:
-        return self.catalog[self.catalog.resolve(query)]
+        return self.catalog[self._feature_id(query)]
 
     def neighbours(self, feature: str | int, k: int = 10) -> list[tuple[int, float]]:
-        return neighbours(self.dictionary, self.catalog.resolve(feature), k)
+        return neighbours(self.dictionary, self._feature_id(feature), k)
 
     def steering(self, steer: Steering | Mapping | None = None, mode: str = "add") -> Steering:
         """{feature id or label query: strength} -> Steering (labels resolved by the catalog)."""
         if isinstance(steer, Steering):
             return steer
+        if steer is not None and not isinstance(steer, Mapping):
+            raise SteeringError(f"steering is a mapping {{feature: strength}}, got {type(steer).__name__}")
         resolved: dict[int, float] = {}
         for key, strength in (steer or {}).items():
-            fid = self.catalog.resolve(key)
+            fid = self._feature_id(key)
             if fid in resolved:
                 raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
             resolved[fid] = strength
@@ -125,8 +138,11 @@ class Engine:
 
     # -- generation -----------------------------------------------------------------------
     def prompt(self, messages, max_new_tokens: int) -> Prompt:
-        budget = min(self.lm.context_length, MAX_CONTEXT) - max_new_tokens
-        return build_prompt(self.lm.tokenizer, messages, max_tokens=budget)
+        context = min(self.lm.context_length, MAX_CONTEXT)
+        if max_new_tokens >= context:
+            raise PromptError(f"max_new_tokens must be below {context}, the context length here "
+                              f"(the prompt needs room too), got {max_new_tokens}")
+        return build_prompt(self.lm.tokenizer, messages, max_tokens=context - max_new_tokens)
 
     def _prepare(self, messages, steer, mode, settings: dict):
         gen = GenerationSettings(**settings)
@@ -160,6 +176,7 @@ class Engine:
         Runs the model only up to the dictionary's layer."""
         if not isinstance(text, str) or not text.strip():
             raise PromptError("the text to encode is empty")
+        text = clean_text(text)
         if len(text) > MAX_ENCODE_CHARS:
             raise PromptError(f"the text is {len(text)} characters; encode takes at most {MAX_ENCODE_CHARS}")
         tok = self.lm.tokenizer

@@ -59,8 +59,8 @@ class GenerationSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi):
                 bad(f"{name} must be a number between {lo:g} and {hi:g}, got {v!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            bad(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            bad(f"seed must be an integer between 0 and 2**64-1, got {self.seed!r}")
         if not self.timeout > 0:
             bad(f"timeout must be positive, got {self.timeout!r}")
 
@@ -90,6 +90,17 @@ class _GumbelSampler(LogitsProcessor):
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
         u = torch.rand(scores.shape, generator=self.generator, device=scores.device).clamp_(1e-10, 1.0)
         return scores.float() / self.temperature - torch.log(-torch.log(u))  # (B, V)
+
+
+class _RefuseNaN(LogitsProcessor):
+    """A clear error instead of sampling from NaN logits, which steering far beyond a feature's
+    range can cause (an overflow in some later layer); argmax over NaN would pick token 0."""
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        if torch.isnan(scores).any():
+            raise GenerationError("the model's output became NaN (the steering is too strong for this model); "
+                                  "lower the strength")
+        return scores
 
 
 class _StopStrings(StoppingCriteria):
@@ -128,7 +139,7 @@ def generate(
     cancel = cancel or threading.Event()
     prompt_len = len(prompt.ids)
     input_ids = torch.tensor([prompt.ids], device=lm.device)  # (1, T)
-    processors = LogitsProcessorList()
+    processors = LogitsProcessorList([_RefuseNaN()])
     if settings.temperature > 0:
         if settings.top_p < 1.0:
             processors.append(TopPLogitsWarper(settings.top_p))

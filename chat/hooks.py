@@ -3,8 +3,8 @@
 `attach(...)` registers two hooks and removes them in `finally`:
 - a pre-hook on the input embedding, which sees the token ids of every forward pass (prompt
   prefill, then one token per decoding step) so we know which positions are BOS/special;
-- a forward hook on decoder layer L, which encodes the residual, applies the steering and
-  records the dictionary activations of the positions we read out.
+- a forward hook on decoder layer L, which records the residual of the positions we read out
+  (encoded into dictionary activations once, when the block ends) and applies the steering.
 
 Hooks on a module are shared by every thread using the model, so each hook only acts in the
 thread that attached it: two users generating at once each get exactly their own steering.
@@ -27,25 +27,45 @@ class StopForward(Exception):
 
 
 class Recorder:
-    """Collects sparse dictionary activations, one row per recorded position (batch row 0).
+    """Collects dictionary activations at the positions read out (batch row 0).
 
     Positions count over all forward passes of a call: a prompt of T tokens is 0..T-1, the
     first generated token T, and so on. Rows are kept for positions >= `start`.
+
+    The hook only copies the residual (d_in values per position); `encode` turns everything
+    collected into sparse activations at the end of the call. Encoding each decoding step on its
+    own would read all of W_enc (d_in × d_sae, 42 MB at 640 × 16384 in float32) once per token,
+    several percent of a small model's decoding time; batched, it is read once per ENCODE_CHUNK.
     """
+
+    ENCODE_CHUNK = 256  # positions encoded together: bounds the (chunk, d_sae) activations in memory
 
     def __init__(self, start: int):
         self.start = start
         self.rows: dict[int, tuple[Tensor, Tensor]] = {}  # position -> (indices (k,), values (k,))
+        self._positions: list[int] = []
+        self._residuals: list[Tensor] = []  # (m, d_in) each, not yet encoded; model dtype and device
 
-    def add(self, first_position: int, acts: Tensor, keep: Tensor) -> None:
-        """acts: (B, T, d_sae) for positions first_position..+T-1; keep: (B, T) bool."""
+    def add(self, first_position: int, h: Tensor, keep: Tensor) -> None:
+        """h: (B, T, d_in) residual for positions first_position..+T-1; keep: (B, T) bool."""
         skip = max(0, self.start - first_position)  # prompt positions we do not read out
-        acts = acts[0, skip:].detach().float().cpu()  # (T', d_sae)
-        keep = keep[0, skip:].cpu()  # (T',)
-        for t in range(acts.shape[0]):
-            if keep[t]:
-                nz = acts[t].nonzero().squeeze(-1)  # (k,)
-                self.rows[first_position + skip + t] = (nz, acts[t, nz])
+        kept = keep[0, skip:].nonzero().squeeze(-1)  # (m,) offsets of positions to read
+        if kept.numel():
+            self._positions += (kept + first_position + skip).tolist()
+            self._residuals.append(h[0, skip:].index_select(0, kept.to(h.device)))  # (m, d_in) a copy
+
+    def encode(self, dictionary) -> None:
+        """Encode the residuals collected so far into sparse rows (batched, in chunks)."""
+        if not self._residuals:
+            return
+        x = torch.cat(self._residuals)  # (M, d_in)
+        positions = self._positions
+        self._positions, self._residuals = [], []
+        for a in range(0, x.shape[0], self.ENCODE_CHUNK):
+            acts = dictionary.encode(x[a:a + self.ENCODE_CHUNK]).acts.cpu()  # (m, d_sae) float32
+            for pos, row in zip(positions[a:a + self.ENCODE_CHUNK], acts):
+                nz = row.nonzero().squeeze(-1)  # (k,)
+                self.rows[pos] = (nz, row[nz])
 
     def wants(self, first_position: int, n: int) -> bool:
         return first_position + n > self.start
@@ -84,10 +104,9 @@ class _LayerHooks:
         else:
             keep = torch.ones(h.shape[:2], dtype=torch.bool, device=h.device)
         keep = keep.to(h.device)
-        reading = self.recorder is not None and self.recorder.wants(self.seen, h.shape[1])
-        edited, acts = self.steerer(h, keep, want_acts=reading)
-        if reading:
-            self.recorder.add(self.seen, acts, keep)
+        if self.recorder is not None and self.recorder.wants(self.seen, h.shape[1]):
+            self.recorder.add(self.seen, h, keep)  # before the edit: the model's own state
+        edited = self.steerer(h, keep)
         if self.stop_after:
             raise StopForward
         if edited is h:
@@ -132,6 +151,8 @@ def attach(
     ]
     try:
         yield
+        if recorder is not None:
+            recorder.encode(steerer.dictionary)
     finally:
         for handle in handles:
             handle.remove()

@@ -104,9 +104,9 @@ class FeatureSteerer:
     >>> from features.dictionary import Dictionary
     >>> d = Dictionary.random(d_in=8, d_sae=16, activation="relu", seed=0)
     >>> steer = FeatureSteerer(d, Steering({3: 2.0}, mode="clamp"), max_acts=torch.ones(16))
-    >>> h = torch.randn(1, 5, 8)                       # (B, T, d_in)
+    >>> h = 3 * d.W_dec[3].expand(1, 5, 8)             # (B, T, d_in), feature 3 active
     >>> keep = torch.ones(1, 5, dtype=torch.bool)      # (B, T) positions we may edit
-    >>> h2, acts = steer(h, keep)
+    >>> h2 = steer(h, keep)
     >>> torch.allclose(d.encode(h2).acts[..., 3], torch.full((1, 5), 2.0), atol=1e-4)
     True
     """
@@ -128,21 +128,37 @@ class FeatureSteerer:
         self.targets = (strengths * max_acts[ids]).to(dictionary.device)  # (n,) activations wanted
         self.dirs = dictionary.directions(ids)  # (n, d_in) residual change per unit of feature
         self.add_vector = self.targets @ self.dirs  # (d_in,) the whole edit in add mode
+        # Clamp needs the current activation of the steered features only. ReLU and JumpReLU
+        # features are independent, so a dictionary cut down to their columns gives exactly those
+        # (n columns instead of all d_sae per token); TopK must see every pre-activation to know
+        # which k win, so it encodes in full.
+        self._reader = dictionary
+        if self.needs_encoding and dictionary.activation != "topk":
+            self._reader = Dictionary(
+                W_enc=dictionary.W_enc[:, ids], b_enc=dictionary.b_enc[ids],  # (d_in, n), (n,)
+                W_dec=torch.zeros_like(self.dirs), b_dec=dictionary.b_dec, activation=dictionary.activation,
+                threshold=None if dictionary.threshold is None else dictionary.threshold[ids],
+                apply_b_dec_to_input=dictionary.apply_b_dec_to_input, input_scale=dictionary.input_scale,
+            )
 
     @property
     def needs_encoding(self) -> bool:
         return self.steering.mode == "clamp" and not self.steering.is_noop
 
-    def __call__(self, h: Tensor, keep: Tensor, want_acts: bool = False) -> tuple[Tensor, Tensor | None]:
+    def current(self, h: Tensor) -> Tensor:
+        """h: (B, T, d_in) residual -> (B, T, n) activations of the steered features."""
+        if self._reader is self.dictionary:
+            return self.dictionary.encode(h).acts[..., self.ids]
+        return self._reader.encode(h).acts
+
+    def __call__(self, h: Tensor, keep: Tensor) -> Tensor:
         """h: (B, T, d_in) residual; keep: (B, T) bool, False at BOS/special tokens.
-        Returns (edited h, same dtype; acts (B, T, d_sae) of the unedited h or None)."""
-        acts = self.dictionary.encode(h).acts if (want_acts or self.needs_encoding) else None
+        Returns the edited h (same dtype), or h itself when nothing is steered."""
         if self.steering.is_noop:
-            return h, acts
+            return h
         if self.steering.mode == "add":
             delta = self.add_vector.expand(h.shape)  # (B, T, d_in)
         else:
-            current = acts[..., self.ids]  # (B, T, n)
-            delta = (self.targets - current) @ self.dirs  # (B, T, d_in)
+            delta = (self.targets - self.current(h)) @ self.dirs  # (B, T, d_in)
         delta = delta * keep.unsqueeze(-1)
-        return h + delta.to(h.dtype), acts
+        return h + delta.to(h.dtype)

@@ -153,11 +153,11 @@ def test_generation_error_surfaces_and_hooks_are_removed(engine, monkeypatch):
     calls = {"n": 0}
     original = FeatureSteerer.__call__
 
-    def failing(self, h, keep, want_acts=False):
+    def failing(self, h, keep):
         calls["n"] += 1
         if calls["n"] == 3:
             raise RuntimeError("kaboom in the generation thread")
-        return original(self, h, keep, want_acts)
+        return original(self, h, keep)
 
     monkeypatch.setattr(FeatureSteerer, "__call__", failing)
     before = len(engine.lm.layers[1]._forward_hooks)  # transformers may keep hooks of its own
@@ -171,9 +171,9 @@ def test_stalled_generation_times_out(engine, monkeypatch):
     release = threading.Event()
     original = FeatureSteerer.__call__
 
-    def stall(self, h, keep, want_acts=False):
+    def stall(self, h, keep):
         release.wait(10)
-        return original(self, h, keep, want_acts)
+        return original(self, h, keep)
 
     monkeypatch.setattr(FeatureSteerer, "__call__", stall)
     stream = engine.stream(PROMPT, max_new_tokens=5, timeout=0.5)

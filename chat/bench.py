@@ -1,0 +1,312 @@
+"""`python -m chat bench`: what steering costs, how fast the app starts, how fast a dictionary is
+learned, all in one run on one machine.
+
+Absolute times on a shared CPU are noisy, so the steering costs are ratios of runs interleaved in
+one process (plain, steered, steered, plain, ...; medians):
+
+- decode: transformers' `model.generate` with no hooks vs our generate path (chat/generate.py)
+  with 3 features steered and the full readout, greedy, same prompt; tokens/s after the first
+  token, until the call returns (so the readout's work after the last token counts);
+- prefill of a 512-token prompt (one forward pass) and time to first token (generate, streamed);
+- cold start: a fresh process that imports the app and the engine, loads the model (from the
+  converted copy in the cache) and the dictionary, and streams the first token of a reply;
+- dictionary harvest tokens/s (`features.harvest`) and training tokens/s (`features.train` on
+  synthetic vectors at the default width; steady state, from two runs of different length);
+- peak memory (max RSS) of this process and of the cold-start process.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from chat.engine import CALIBRATION_TEXT, Engine, load
+from chat.generate import GenerationSettings, generate
+from chat.hooks import Recorder, attach
+from chat.prompt import TRANSCRIPT_STOPS, Prompt
+from chat.steering import FeatureSteerer, Steering
+
+DECODE_TARGET = 0.97  # steered / plain decode speed
+COLD_START_TARGET_S = 10.0
+PREFILL_TOKENS = 512
+REPO = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Settings:
+    tokens: int = 64  # new tokens per decode run
+    repeats: int = 5  # runs of each variant, interleaved
+    harvest_tokens: int = 4096
+    train_steps: int = 4  # steady-state steps timed (beyond two warm-up steps)
+    clamp: bool = True  # also time clamp-mode decoding
+    cold_start: bool = True
+
+    @classmethod
+    def quick(cls) -> "Settings":
+        return cls(tokens=24, repeats=3, harvest_tokens=1024, train_steps=2, clamp=False)
+
+
+@dataclass
+class Results:
+    machine: dict
+    settings: dict
+    rows: list[dict] = field(default_factory=list)  # {"measure", "plain", "steered", "ratio", "target", "ok", "unit"}
+    details: dict = field(default_factory=dict)
+
+    def add(self, measure: str, unit: str, plain=None, steered=None, ratio=None, target: str = "", ok=None):
+        self.rows.append({"measure": measure, "unit": unit, "plain": plain, "steered": steered,
+                          "ratio": ratio, "target": target, "ok": ok})
+
+
+class _Clock:
+    """A generate() streamer that notes when each new token arrives (the prompt, put first, is skipped)."""
+
+    def __init__(self):
+        self.times: list[float] = []
+        self._prompt_seen = False
+
+    def put(self, value) -> None:
+        if not self._prompt_seen:
+            self._prompt_seen = True
+            return
+        self.times += [time.perf_counter()] * value.numel()
+
+    def end(self) -> None:
+        pass
+
+
+def _text_ids(engine: Engine, n: int) -> list[int]:
+    """BOS + prose tokens, n in all (the calibration paragraph, repeated as needed)."""
+    tok = engine.lm.tokenizer
+    body = tok.encode(CALIBRATION_TEXT, add_special_tokens=False)
+    bos = [tok.bos_token_id] if tok.bos_token_id is not None else []
+    return (bos + body * (n // len(body) + 1))[:n]
+
+
+def _steerer(engine: Engine, ids: list[int], mode: str) -> FeatureSteerer:
+    """3 features that fire on the prompt, pushed moderately so the text goes on."""
+    acts = engine.encode(engine.lm.tokenizer.decode(ids, skip_special_tokens=True)).acts  # (T, d_sae)
+    top = acts.max(dim=0).values.topk(3).indices.tolist()
+    steering = Steering(dict(zip(top, (1.0, -0.5, 0.5))), mode=mode)
+    return FeatureSteerer(engine.dictionary, steering, engine.max_acts)
+
+
+def _plain_run(engine: Engine, ids: list[int], tokens: int) -> tuple[float, float, int]:
+    """transformers generate, no hooks: (time to first token, decode tokens/s, tokens)."""
+    from transformers import GenerationConfig
+
+    lm, tok = engine.lm, engine.lm.tokenizer
+    config = GenerationConfig(max_new_tokens=tokens, do_sample=False,
+                              eos_token_id=lm.model.generation_config.eos_token_id,
+                              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    input_ids = torch.tensor([ids], device=lm.device)  # (1, T)
+    clock = _Clock()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        lm.model.generate(input_ids, attention_mask=torch.ones_like(input_ids), generation_config=config,
+                          streamer=clock)
+    return _rates(start, clock.times, time.perf_counter())
+
+
+def _steered_run(engine: Engine, ids: list[int], tokens: int, steerer: FeatureSteerer) -> tuple[float, float, int]:
+    """Our generate path: steering hooks, stop strings, readout: (time to first token, decode tokens/s, tokens)."""
+    clock = _Clock()
+    start = time.perf_counter()
+    generate(engine.lm, engine.layer, steerer, Prompt(tuple(ids), TRANSCRIPT_STOPS),
+             GenerationSettings(max_new_tokens=tokens), engine.catalog.label, engine.max_acts, streamer=clock)
+    return _rates(start, clock.times, time.perf_counter())
+
+
+def _rates(start: float, times: list[float], end: float) -> tuple[float, float, int]:
+    n = len(times)
+    decode = (n - 1) / (end - times[0]) if n > 1 else float("nan")
+    return times[0] - start, decode, n
+
+
+def _interleaved(a, b, repeats: int) -> tuple[list, list]:
+    """Run a and b `repeats` times each as a b b a a b ..., after one warm-up of each."""
+    a(), b()
+    ra, rb = [], []
+    for i in range(repeats):
+        for run, out in ((a, ra), (b, rb)) if i % 2 == 0 else ((b, rb), (a, ra)):
+            out.append(run())
+    return ra, rb
+
+
+def bench_decode(engine: Engine, s: Settings, res: Results, mode: str) -> None:
+    ids = _text_ids(engine, 128)
+    steerer = _steerer(engine, ids, mode)
+    plain, steered = _interleaved(lambda: _plain_run(engine, ids, s.tokens),
+                                  lambda: _steered_run(engine, ids, s.tokens, steerer), s.repeats)
+    p = statistics.median(r[1] for r in plain)
+    q = statistics.median(r[1] for r in steered)
+    res.add(f"decode, 3 features {mode} + readout", "tok/s", p, q, q / p,
+            f">= {DECODE_TARGET}" if mode == "add" else "", q / p >= DECODE_TARGET if mode == "add" else None)
+    res.details[f"decode_{mode}"] = {"prompt_tokens": len(ids), "features": [f for f, _ in steerer.steering.strengths],
+                                     "plain_runs": plain, "steered_runs": steered}
+
+
+def bench_prefill(engine: Engine, s: Settings, res: Results) -> None:
+    lm = engine.lm
+    ids = _text_ids(engine, PREFILL_TOKENS)
+    input_ids = torch.tensor([ids], device=lm.device)  # (1, 512)
+    steerer = _steerer(engine, ids, "add")
+
+    def forward(steered: bool) -> float:
+        start = time.perf_counter()
+        with torch.inference_mode():
+            if steered:
+                with attach(lm, engine.layer, steerer, Recorder(start=len(ids))):
+                    lm.model(input_ids=input_ids, logits_to_keep=1)
+            else:
+                lm.model(input_ids=input_ids, logits_to_keep=1)
+        return len(ids) / (time.perf_counter() - start)
+
+    plain, steered = _interleaved(lambda: forward(False), lambda: forward(True), s.repeats)
+    p, q = statistics.median(plain), statistics.median(steered)
+    res.add(f"prefill, {len(ids)}-token prompt", "tok/s", p, q, q / p)
+    plain, steered = _interleaved(lambda: _plain_run(engine, ids, 1)[0],
+                                  lambda: _steered_run(engine, ids, 1, steerer)[0], s.repeats)
+    p, q = statistics.median(plain), statistics.median(steered)
+    res.add(f"time to first token, {len(ids)}-token prompt", "s", p, q, p / q)
+
+
+_COLD_CHILD = r"""
+import json, resource, sys, time
+start = float(sys.argv[1])
+ref = json.loads(sys.argv[2])
+import app  # noqa: F401 - what the app imports before it can serve (gradio and all)
+imported = time.time()
+from chat.engine import load
+engine = load(ref["model"], ref["dictionary"], ref["layer"], device=ref["device"], allow_pickle=ref["allow_pickle"])
+loaded = time.time()
+stream = engine.stream("Hello! How are you today?", max_new_tokens=8)
+tokens = iter(stream)
+next(tokens)
+first = time.time()
+stream.stop()
+for _ in tokens:  # let the worker finish: exiting under a running torch thread aborts
+    pass
+print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "first_token_s": first - loaded,
+                  "total_s": first - start, "max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def bench_cold_start(ref: dict, res: Results) -> None:
+    """Process start to the first streamed token, in a fresh interpreter (the model cache is warm:
+    this process has loaded it already)."""
+    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+           "GRADIO_ANALYTICS_ENABLED": "False"}
+    start = time.time()
+    done = subprocess.run([sys.executable, "-c", _COLD_CHILD, repr(start), json.dumps(ref)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the cold-start process failed: {last}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    res.add("cold start to first streamed token", "s", steered=out["total_s"], target=f"<= {COLD_START_TARGET_S:g}",
+            ok=out["total_s"] <= COLD_START_TARGET_S)
+    res.details["cold_start"] = out
+
+
+def bench_harvest(engine: Engine, s: Settings, res: Results) -> None:
+    from features.harvest import harvest
+
+    seq_len = 256
+    ids = _text_ids(engine, seq_len)
+    sequences = [ids] * (s.harvest_tokens // (seq_len - 1) + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        harvest(engine.lm, engine.layer, sequences, Path(tmp), max_tokens=s.harvest_tokens, progress=False)
+        seconds = time.perf_counter() - start
+    res.add(f"harvest, layer {engine.layer}", "tok/s", steered=s.harvest_tokens / seconds)
+
+
+def bench_train(d_in: int, layer: int, s: Settings, res: Results) -> None:
+    """Steady-state training speed at the default width: the time of (2 + n) steps minus that of 2
+    steps, so set-up and the final checkpoint cancel out."""
+    from safetensors.torch import save_file
+
+    from features.train import TrainConfig, train
+
+    base = TrainConfig()
+    batch, steps = base.batch_tokens, 2 + s.train_steps
+    g = torch.Generator().manual_seed(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        shard = Path(tmp) / "shard_00000.safetensors"
+        save_file({"acts": torch.randn(steps * batch, d_in, generator=g).to(torch.bfloat16)}, str(shard))
+        seconds = []
+        for n in (2, steps):
+            cfg = TrainConfig(total_tokens=n * batch, hook_layer=layer, warmup_steps=1)
+            start = time.perf_counter()
+            train([shard], cfg, Path(tmp) / f"run{n}", resume=False, progress=False)
+            seconds.append(time.perf_counter() - start)
+    extra = seconds[1] - seconds[0]
+    # Noise can swamp a tiny model's few steps; then the whole longer run is the (lower) estimate.
+    rate = s.train_steps * batch / extra if extra > 0 else steps * batch / seconds[1]
+    res.add(f"train, d_sae {base.d_sae}, k {base.k}", "tok/s", steered=rate)
+    res.details["train"] = {"batch_tokens": batch, "seconds_2_steps": seconds[0], f"seconds_{steps}_steps": seconds[1]}
+
+
+def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, allow_pickle=False,
+        progress=None) -> Results:
+    say = progress or (lambda msg: None)
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    engine = load(model, dictionary, layer, device=device, allow_pickle=allow_pickle)
+    load_s = time.perf_counter() - start
+    res = Results(
+        machine={"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "device": str(engine.lm.device),
+                 "dtype": str(engine.lm.dtype).removeprefix("torch."), "load_1min": os.getloadavg()[0]},
+        settings=asdict(s),
+        details={"engine": engine.status(), "load_s": load_s},
+    )
+    say(f"bench: {engine.status()}")
+    say("bench: decode (add)")
+    bench_decode(engine, s, res, "add")
+    if s.clamp:
+        say("bench: decode (clamp)")
+        bench_decode(engine, s, res, "clamp")
+    say("bench: prefill and time to first token")
+    bench_prefill(engine, s, res)
+    if s.cold_start:
+        say("bench: cold start")
+        ref = {"model": model, "dictionary": dictionary, "layer": layer, "device": device, "allow_pickle": allow_pickle}
+        bench_cold_start(ref, res)
+    say("bench: harvest")
+    bench_harvest(engine, s, res)
+    say("bench: train")
+    bench_train(engine.lm.d_model, engine.layer, s, res)
+    res.add("peak memory (max RSS), this process", "MiB",
+            steered=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    if "cold_start" in res.details:
+        res.add("peak memory (max RSS), cold-start process", "MiB", steered=res.details["cold_start"]["max_rss_mib"])
+    res.machine["load_1min_end"] = os.getloadavg()[0]
+    return res
+
+
+def table(res: Results) -> str:
+    def num(v) -> str:
+        if v is None:
+            return ""
+        return f"{v:.3f}" if abs(v) < 10 else f"{v:,.0f}"
+
+    lines = ["| measure | unit | plain | steered / value | ratio | target | met |", "|---|---|---|---|---|---|---|"]
+    for r in res.rows:
+        met = "" if r["ok"] is None else ("yes" if r["ok"] else "NO")
+        lines.append(f"| {r['measure']} | {r['unit']} | {num(r['plain'])} | {num(r['steered'])} | "
+                     f"{num(r['ratio'])} | {r['target']} | {met} |")
+    m = res.machine
+    lines.append(f"\n{res.details['engine']}; {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
+                 f"load average {m['load_1min']:.1f} at start and {m['load_1min_end']:.1f} at the end. "
+                 "Ratios are steered/plain speed (1.0 = no overhead).")
+    return "\n".join(lines)
