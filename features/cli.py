@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -41,7 +42,13 @@ def _text_paths(given: list[str] | None) -> list[Path]:
 def _sequences(lm, args, heldout: bool):
     from features.corpus import mixed_pieces, pack
 
-    return pack(lm.tokenizer, mixed_pieces(_text_paths(args.text), heldout=heldout), args.seq_len)
+    pieces = mixed_pieces(_text_paths(args.text), heldout=heldout)
+    if heldout:
+        # Held-out text is small (~2%): shuffle all of it, so the first N tokens sample every
+        # part of every source rather than the start of each file.
+        pieces = list(pieces)
+        random.Random(0).shuffle(pieces)
+    return pack(lm.tokenizer, pieces, args.seq_len)
 
 
 def cmd_harvest(args) -> None:
@@ -75,7 +82,7 @@ def cmd_evaluate(args) -> None:
 
     engine = load(args.model, args.dictionary, args.layer)
     result = evaluate(engine.lm, engine.dictionary, engine.layer, _sequences(engine.lm, args, heldout=True),
-                      max_tokens=args.tokens)
+                      max_tokens=args.tokens, ce_tokens=args.ce_tokens)
     if args.json:
         print(json.dumps(result.summary()))
     else:
@@ -219,7 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
     p.add_argument("--layer", type=int)
-    p.add_argument("--tokens", type=int, default=100_000)
+    p.add_argument("--tokens", type=int, default=300_000, help="tokens for FVU, L0 and dead fraction")
+    p.add_argument("--ce-tokens", type=int, default=50_000, help="tokens for CE-loss recovered (3 full passes each)")
     p.add_argument("--json", action="store_true")
     return parser
 

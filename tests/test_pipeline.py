@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import math
 
 import pytest
 import torch
@@ -111,6 +112,19 @@ def test_evaluate_perfect_and_random_dictionaries(tiny_lm):
     assert 0 < bad.dead_fraction < 1 and bad.ce_clean == pytest.approx(good.ce_clean)
 
 
+def test_reconstruction_stats_do_not_depend_on_the_ce_subset(tiny_lm):
+    """FVU, L0 and dead fraction read the same residuals whether or not a batch also runs the
+    three CE passes."""
+    d = Dictionary.random(32, 64, activation="topk", k=3, seed=2)
+    every = evaluate(tiny_lm, d, 1, _sequences(tiny_lm.tokenizer), max_tokens=150, ce_tokens=10_000, batch_size=2)
+    some = evaluate(tiny_lm, d, 1, _sequences(tiny_lm.tokenizer), max_tokens=150, ce_tokens=40, batch_size=2)
+    none = evaluate(tiny_lm, d, 1, _sequences(tiny_lm.tokenizer), max_tokens=150, ce_tokens=0, batch_size=2)
+    for r in (some, none):
+        assert (r.fvu, r.l0, r.dead_fraction, r.tokens) == pytest.approx((every.fvu, every.l0, every.dead_fraction, every.tokens))
+    assert 40 <= some.ce_tokens < every.ce_tokens and none.ce_tokens == 0
+    assert math.isnan(none.ce_loss_recovered) and math.isfinite(some.ce_loss_recovered)
+
+
 def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
     import features.harvest as hv
 
@@ -177,7 +191,8 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     capsys.readouterr()
     assert main(["evaluate", "--dictionary", str(folder), "--tokens", "50", "--json", *source]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) == {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "tokens"} and result["l0"] == 4
+    assert set(result) == {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "tokens", "ce_tokens"}
+    assert result["l0"] == 4
     assert main(["harvest", "--layer", "1", "--out", str(tmp_path / "h"), "--text", str(tmp_path / "nothing")]) == 2
 
 
