@@ -115,6 +115,7 @@ def cmd_steerability(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
+    from features.calibrate import NEUTRAL_PROMPTS
     from features.steerability import output_scores, target_ids, target_words
 
     engine = load(args.model, args.dictionary, args.layer)
@@ -123,7 +124,8 @@ def cmd_steerability(args) -> None:
     live = [f for f in catalog if f.max_activation]
     targets = {f.id: target_ids(engine.lm.tokenizer, target_words(f.label, f.top_tokens)) for f in live}
     scores = output_scores(engine.lm, engine.dictionary, engine.layer, engine.max_acts, targets,
-                           strength=args.strength, batch_size=args.batch_size)
+                           strength=args.strength, batch_size=args.batch_size,
+                           prompts=NEUTRAL_PROMPTS[: args.prompts])
     features = {f.id: replace(f, steerability=scores.get(f.id, 0.0)) for f in live}
     path = Catalog(engine.dictionary.d_sae, {f.id: f for f in catalog if f.has_info()} | features).save(folder)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
@@ -211,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int)
     p.add_argument("--strength", type=float, default=4.0, help="add-mode strength (multiples of max activation)")
     p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--prompts", type=int, default=4, choices=range(1, 7), help="neutral prompts to average over")
 
     p = sub.add_parser("calibrate", help="sweep strengths: where does the concept show while text stays fluent?")
     p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")

@@ -64,12 +64,22 @@ def wordnet_glosses(source: str) -> Iterator[str]:
         yield f"{', '.join(words)}: {gloss.strip()}"
 
 
+def _is_prose(path: Path) -> bool:
+    """Files of a folder worth reading. In WordNet only the data.* files hold glosses; its index
+    files, sense-key lists and Tcl sources would teach the dictionary sense keys, not concepts."""
+    if path.name.endswith((".dat", ".u8", ".js", ".css", ".png", ".pdf")):
+        return False
+    if "wordnet" in path.parts:
+        return path.parent.name == "wordnet" and path.name.startswith("data.")
+    return True
+
+
 def documents(path: Path) -> Iterator[str]:
     """Documents in a file or, recursively and in sorted order, a folder."""
     path = Path(path)
     if path.is_dir():
         for child in sorted(path.rglob("*")):
-            if child.is_file() and not child.name.endswith((".dat", ".u8", ".js", ".css", ".png", ".pdf")):
+            if child.is_file() and _is_prose(child):
                 yield from documents(child)
         return
     text = _read_text(path)

@@ -26,6 +26,10 @@ def corpus_dir(tmp_path):
     root = tmp_path / "corpus"
     (root / "wordnet").mkdir(parents=True)
     (root / "wordnet" / "data.noun").write_text(WORDNET)
+    # Not prose: WordNet's indexes, sense keys and Tcl sources stay out of the corpus.
+    (root / "wordnet" / "index.sense").write_text("dog%1:05:00:: 02084071 1 42\n")
+    (root / "wordnet" / "wnres").mkdir()
+    (root / "wordnet" / "wnres" / "wn.tcl").write_text("set fontpt1offset(times) 20\n")
     (root / "notes.txt").write_text("First paragraph about bridges.\n\nSecond paragraph about dogs <eos> here.")
     with gzip.open(root / "jargon.txt.gz", "wt") as f:
         f.write("hacker: one who enjoys the intellectual challenge of creatively overcoming limitations.")
@@ -44,6 +48,7 @@ def test_documents_from_each_source(corpus_dir):
     assert "A quote." in docs and "Another quote." in docs
     assert any(d.startswith("hacker:") for d in docs)
     assert not any("p{}" in d for d in docs)
+    assert not any("%1:05:00" in d or "fontpt1offset" in d for d in docs)
 
 
 def test_split_is_stable_and_disjoint(corpus_dir):
