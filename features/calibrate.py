@@ -23,7 +23,9 @@ NEUTRAL_PROMPTS = (
     "Tell me a story.",
     "What is on your mind?",
 )
-STRENGTHS = {"add": (2.0, 4.0, 6.0, 8.0, 12.0, 16.0), "clamp": (2.0, 4.0, 6.0, 8.0, 12.0, 16.0)}
+# In multiples of max activation. On the embedded dictionary concepts show from about 1 and
+# text breaks down past about 3 (its max activations come from extreme contexts).
+STRENGTHS = {"add": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "clamp": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}
 MIN_RATE = 0.5  # at least half the replies mention the concept
 MAX_COST = 4.0  # greedy unsteered replies are unusually predictable, so allow 4x their perplexity
 
