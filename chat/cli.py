@@ -107,7 +107,8 @@ def cmd_search(args) -> None:
     if args.top < 1:
         raise ValueError("--top must be at least 1")
     hits = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle).search(args.query, top=args.top)
-    rows = [{"id": f.id, "label": f.label, "max_activation": f.max_activation, "density": f.density} for f in hits]
+    rows = [{"id": f.id, "label": f.label, "max_activation": f.max_activation, "density": f.density,
+             "steerability": f.steerability, "curated": f.curated, "strengths": f.strengths} for f in hits]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return
@@ -115,6 +116,10 @@ def cmd_search(args) -> None:
         print(f"no feature matches {args.query!r}", file=sys.stderr)
     for r in rows:
         stats = f"max {r['max_activation']:.1f}" if r["max_activation"] is not None else ""
+        if r["steerability"] is not None:
+            stats += f"  steerability {r['steerability']:.2f}"
+        if r["strengths"].get("add"):
+            stats += f"  add {r['strengths']['add'][0]:g}–{r['strengths']['add'][1]:g}"
         print(f"#{r['id']:<6} {r['label']}  {stats}")
 
 

@@ -3,7 +3,7 @@
     /generate (message, steer, mode="add", max_new_tokens=64, seed=0, temperature=0.0)
         -> {"text", "top_features": [{"id", "label", "activation"}], "steer": [{"id", "label",
             "strength"}], "finish_reason", "warnings"}           (the CLI's `reply --json`)
-    /search (query, top=10) -> [{"id", "label", "max_activation", "density"}]
+    /search (query, top=10) -> [{"id", "label", "max_activation", "density", "steerability"}]
 
 Both are stateless: steering comes with each call, so clients never see each other's.
 """
@@ -59,7 +59,8 @@ class Api:
         if not 1 <= top <= MAX_SEARCH_RESULTS:
             raise ValueError(f"top must be between 1 and {MAX_SEARCH_RESULTS}, got {top}")
         catalog = self.loader.get().catalog
-        return [{"id": f.id, "label": catalog.label(f.id), "max_activation": f.max_activation, "density": f.density}
+        return [{"id": f.id, "label": catalog.label(f.id), "max_activation": f.max_activation, "density": f.density,
+                 "steerability": f.steerability}
                 for f in catalog.search(query, top=top)]
 
 
