@@ -55,7 +55,7 @@ def test_search_json(run):
     code, out, _ = run("search", "golden gate", "--json")
     assert code == 0
     assert json.loads(out)[0] == {"id": 7, "label": "golden gate bridge", "max_activation": 3.0, "density": 0.01,
-                                  "steerability": None, "curated": False, "strengths": {}}
+                                  "steerability": None, "curated": True, "strengths": {}}
     code, out, _ = run("search", "brdige", "--json")  # typo-tolerant
     assert {r["id"] for r in json.loads(out)} == {7, 8}
 
