@@ -274,7 +274,7 @@ def test_stable_endpoints(client):
 
 def test_search_endpoint(client):
     assert client.predict("brdige", api_name="/search") == [
-        {"id": BRIDGE, "label": "golden gate bridge", "max_activation": 4.0, "density": 0.01, "steerability": None}]
+        {"id": BRIDGE, "label": "golden gate bridge", "max_activation": 4.0, "density": 0.01, "steerability": 0.8}]
     assert client.predict("9", api_name="/search")[0]["id"] == DOGS
     assert client.predict("zzzz qqqq", api_name="/search") == []
 
