@@ -2,9 +2,9 @@
 concurrency soak, on the tiny model (tests/conftest.py).
 
 The bad-input corpus is one table, CASES; each case runs through the CLI (`main()` in process),
-the Python API and, where the app has its stable endpoint, gradio_client. Each gives a one-line
-user error that says what is wrong, or a sane reply; nothing else may escape, no hook may stay
-registered, and the next request must work.
+the Python API and the app's /generate endpoint (a real server, gradio_client). Each gives a
+one-line user error that says what is wrong, or a sane reply; nothing else may escape, no hook
+may stay registered, and the next request must work.
 """
 from __future__ import annotations
 
@@ -213,14 +213,79 @@ def test_bad_input_cli(engine, cli, case):
     assert hook_counts(engine.lm) == before
 
 
+@pytest.fixture(scope="module")
+def server(engine):
+    """The app around the corpus engine, as `python app.py` serves it: a bounded queue, and
+    (unlike the default of 1) several replies at once, so concurrent requests really overlap."""
+    from app import build_demo, launch_options
+    from chat.ui.loader import EngineLoader
+
+    demo = build_demo(EngineLoader.ready(engine), concurrency_limit=4)
+    _, url, _ = demo.queue(max_size=64).launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True,
+                                               **launch_options())
+    try:
+        yield url
+    finally:
+        demo.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    from gradio_client import Client
+
+    return Client(server, verbose=False)
+
+
+def raw_generate(server: str, data: list) -> Outcome:
+    """/generate over plain HTTP with Python's JSON, which escapes lone surrogates and writes NaN:
+    what gradio_client refuses to send, a hostile client still can."""
+    import httpx
+
+    base = server.rstrip("/") + "/gradio_api/call/generate"
+    posted = httpx.post(base, content=json.dumps({"data": data}), headers={"content-type": "application/json"})
+    events = httpx.get(f"{base}/{posted.json()['event_id']}", timeout=120).text.strip().splitlines()
+    kind, body = events[-2].removeprefix("event: "), json.loads(events[-1].removeprefix("data: "))
+    if kind == "error":
+        return Outcome(error=body["error"])
+    assert kind == "complete", events
+    return Outcome(text=body[0]["text"], warnings=body[0]["warnings"])
+
+
+def via_gradio(client, server: str, case: Case) -> Outcome:
+    from gradio_client.exceptions import AppError
+
+    settings = dict(case.settings)
+    steer = {str(feature): strength for feature, strength in case.steer}
+    data = [case.message, steer, case.mode, case.max_new_tokens, settings.get("seed", 0),
+            settings.get("temperature", 0.0)]
+    try:
+        json.dumps(data, ensure_ascii=False, allow_nan=False).encode()
+    except (ValueError, UnicodeEncodeError):
+        return raw_generate(server, data)
+    try:
+        reply = client.predict(*data, api_name="/generate")
+    except AppError as e:
+        return Outcome(error=str(e))
+    return Outcome(text=reply["text"], warnings=reply["warnings"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gradio(engine, client, server, case):
+    before = hook_counts(engine.lm)
+    check(case, via_gradio(client, server, case))
+    assert hook_counts(engine.lm) == before
+
+
 def test_the_corpus_is_large_and_both_kinds():
     assert len(CASES) >= 30
     assert sum(c.error is None for c in CASES) >= 10 and sum(c.error is not None for c in CASES) >= 30
 
 
-def test_next_request_works_after_the_corpus(engine, cli):
+def test_next_request_works_after_the_corpus(engine, cli, client, server):
     assert via_api(engine, Case("fine")).text is not None
     assert cli(Case("fine", steer=((str(BRIDGE), 2),))).text is not None
+    assert via_gradio(client, server, Case("fine", steer=(("golden gate", 2),))).text is not None
+    assert client.predict("bridge", api_name="/search")[0]["id"] == BRIDGE
 
 
 def test_typed_control_tokens_stay_text(engine):
@@ -544,3 +609,102 @@ def test_an_abandoned_stream_frees_its_worker(engine):
     next(iterator)
     iterator.close()  # the reader went away (a closed browser tab): the generator's finally stops it
     assert no_generation_threads(timeout=10)
+
+
+def test_gradio_soak(server, engine):
+    """8 gradio clients at once, 5 greedy /generate requests each, on a server running up to 4
+    replies at a time: every reply equals the one its request gets alone."""
+    from gradio_client import Client
+
+    asks = [(steer, mode) for steer, mode, _ in SOAK_CLIENTS]
+    alone = [engine.reply(PROMPT, steer=steer, mode=mode, max_new_tokens=12).text for steer, mode in asks]
+    clients = [Client(server, verbose=False) for _ in asks]
+    results: dict[int, list] = {i: [] for i in range(len(asks))}
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(len(asks))
+
+    def ask(i: int) -> None:
+        try:
+            barrier.wait()
+            steer = {str(k): v for k, v in asks[i][0].items()}
+            for _ in range(SOAK_REQUESTS):
+                results[i].append(clients[i].predict(PROMPT, steer, asks[i][1], 12, api_name="/generate")["text"])
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "deadlock: a client never finished"
+    assert not errors, errors
+    for i, expected in enumerate(alone):
+        assert results[i] == [expected] * SOAK_REQUESTS, f"client {i} saw another client's steering"
+    assert no_generation_threads()
+
+
+class _Held:
+    """An engine whose replies wait until released: requests pile up in the queue on demand."""
+
+    def __init__(self, engine):
+        self._engine, self.release = engine, threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def reply(self, *args, **kwargs):
+        self.release.wait(300)
+        return self._engine.reply(*args, **kwargs)
+
+
+def wait_for(predicate, timeout: float = 300.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_queue_is_bounded_and_a_cancelled_request_frees_its_place(engine):
+    from gradio_client import Client
+    from gradio_client.utils import QueueError, Status
+
+    from app import build_demo
+    from chat.ui.loader import EngineLoader
+
+    held = _Held(engine)
+    demo = build_demo(EngineLoader.ready(held), concurrency_limit=1)
+    _, url, _ = demo.queue(max_size=2).launch(prevent_thread_lock=True, server_name="127.0.0.1", quiet=True)
+    try:
+        def submit():  # one client per request, as separate users would be
+            return Client(url, verbose=False).submit(PROMPT, {}, "add", 4, api_name="/generate")
+
+        running = submit()
+        assert wait_for(lambda: running.status().code == Status.PROCESSING)
+        queued = [submit(), submit()]
+        assert wait_for(lambda: all(j.status().code == Status.IN_QUEUE for j in queued))
+        with pytest.raises(QueueError, match="full"):
+            submit().result(timeout=300)
+        queued[0].cancel()  # leaving the queue frees its place
+        assert wait_for(lambda: queued[0].status().code == Status.CANCELLED)
+        late = submit()
+        assert wait_for(lambda: late.status().code == Status.IN_QUEUE)
+        held.release.set()
+        expected = engine.reply(PROMPT, max_new_tokens=4).text
+        assert [j.result(timeout=300)["text"] for j in (running, queued[1], late)] == [expected] * 3
+    finally:
+        held.release.set()
+        demo.close()
+
+
+def test_the_app_serves_with_a_bounded_queue(monkeypatch):
+    import gradio as gr
+
+    import app
+    from chat.ui.loader import EngineLoader
+
+    launched = []
+    monkeypatch.setattr(EngineLoader, "start", lambda self: None)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(self))
+    app.main([])
+    assert launched and 0 < launched[0]._queue.max_size <= 256
