@@ -48,11 +48,11 @@ class Settings:
     harvest_tokens: int = 4096
     train_steps: int = 4  # steady-state steps timed (beyond two warm-up steps)
     clamp: bool = True  # also time clamp-mode decoding
-    cold_start: bool = True
+    cold_starts: int = 3  # fresh processes timed (median); 0 skips the cold start
 
     @classmethod
     def quick(cls) -> "Settings":
-        return cls(tokens=24, repeats=3, harvest_tokens=1024, train_steps=2, clamp=False)
+        return cls(tokens=24, repeats=3, harvest_tokens=1024, train_steps=2, clamp=False, cold_starts=1)
 
 
 @dataclass
@@ -201,9 +201,7 @@ print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "fi
 """
 
 
-def bench_cold_start(ref: dict, res: Results) -> None:
-    """Process start to the first streamed token, in a fresh interpreter (the model cache is warm:
-    this process has loaded it already)."""
+def _cold_start(ref: dict) -> dict:
     env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
            "GRADIO_ANALYTICS_ENABLED": "False"}
     start = time.time()
@@ -212,10 +210,18 @@ def bench_cold_start(ref: dict, res: Results) -> None:
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no output"])[-1]
         raise RuntimeError(f"the cold-start process failed: {last}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    res.add("cold start to first streamed token", "s", steered=out["total_s"], target=f"<= {COLD_START_TARGET_S:g}",
-            ok=out["total_s"] <= COLD_START_TARGET_S)
-    res.details["cold_start"] = out
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def bench_cold_start(ref: dict, s: Settings, res: Results) -> None:
+    """Process start to the first streamed token, in fresh interpreters (the model cache is warm:
+    this process has loaded it already); the median run."""
+    runs = sorted((_cold_start(ref) for _ in range(s.cold_starts)), key=lambda r: r["total_s"])
+    median = runs[len(runs) // 2]
+    res.add("cold start to first streamed token", "s", steered=median["total_s"],
+            target=f"<= {COLD_START_TARGET_S:g}", ok=median["total_s"] <= COLD_START_TARGET_S)
+    res.details["cold_start"] = median
+    res.details["cold_start_runs_s"] = [r["total_s"] for r in runs]
 
 
 def bench_harvest(engine: Engine, s: Settings, res: Results) -> None:
@@ -278,10 +284,10 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
         bench_decode(engine, s, res, "clamp")
     say("bench: prefill and time to first token")
     bench_prefill(engine, s, res)
-    if s.cold_start:
+    if s.cold_starts:
         say("bench: cold start")
         ref = {"model": model, "dictionary": dictionary, "layer": layer, "device": device, "allow_pickle": allow_pickle}
-        bench_cold_start(ref, res)
+        bench_cold_start(ref, s, res)
     say("bench: harvest")
     bench_harvest(engine, s, res)
     say("bench: train")

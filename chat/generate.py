@@ -23,7 +23,7 @@ from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList,
 from transformers import StoppingCriteriaList, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
-from chat.hooks import Recorder, attach
+from chat.hooks import Recorder, StopForward, attach
 from chat.models import LoadedModel
 from chat.prompt import Prompt, reply_length
 from chat.readout import FeatureHit, Readout
@@ -97,7 +97,7 @@ class _RefuseNaN(LogitsProcessor):
     range can cause (an overflow in some later layer); argmax over NaN would pick token 0."""
 
     def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
-        if torch.isnan(scores).any():
+        if scores.amax().isnan():  # max propagates NaN: one pass, no mask
             raise GenerationError("the model's output became NaN (the steering is too strong for this model); "
                                   "lower the strength")
         return scores
@@ -156,7 +156,7 @@ def generate(
         return_dict_in_generate=True,
     )
     recorder = Recorder(start=prompt_len)
-    with torch.inference_mode(), attach(lm, layer, steerer, recorder):
+    with torch.inference_mode(), attach(lm, layer, steerer, recorder) as hooks:
         out = lm.model.generate(
             input_ids,
             attention_mask=torch.ones_like(input_ids),
@@ -169,7 +169,13 @@ def generate(
         n = reply_length(tok, generated, prompt.stop_strings, final=True)
         if n == len(generated) and n > 0:
             # The last reply token was never fed back through the model; one cached step reads it.
-            lm.model(input_ids=out.sequences[:, -1:], cache=out.cache, use_cache=True, logits_to_keep=1)
+            # It stops at layer L: the layers above and the LM head (more work than all the
+            # layers at Gemma 3's 262k vocabulary) would only make logits nobody reads.
+            hooks.stop_after = True
+            try:
+                lm.model(input_ids=out.sequences[:, -1:], cache=out.cache, use_cache=True, logits_to_keep=1)
+            except StopForward:
+                pass
     ids = generated[:n]
     if cancel.is_set():
         reason = "cancelled"

@@ -141,16 +141,17 @@ def attach(
     steerer: FeatureSteerer,
     recorder: Recorder | None = None,
     stop_after: bool = False,
-) -> Iterator[None]:
+) -> Iterator[_LayerHooks]:
     """Steer (and optionally record) decoder layer `layer` of `lm` inside the `with` block, in
-    the calling thread only. With `stop_after`, forward passes end at that layer (StopForward)."""
+    the calling thread only. With `stop_after`, forward passes end at that layer (StopForward);
+    setting `.stop_after` on the hooks it yields does so for the passes that follow."""
     hooks = _LayerHooks(lm, steerer, recorder, stop_after)
     handles = [
         lm.model.get_input_embeddings().register_forward_pre_hook(hooks.on_embed, with_kwargs=True),
         lm.layers[layer].register_forward_hook(hooks.on_layer),
     ]
     try:
-        yield
+        yield hooks
         if recorder is not None:
             recorder.encode(steerer.dictionary)
     finally:

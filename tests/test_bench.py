@@ -1,0 +1,76 @@
+"""`python -m chat bench` runs end to end (tiny model: the figures mean nothing, the plumbing
+does); performance targets live in the benchmark, never in tests. And the cold-start shortcut
+for the embedded tokenizer gives exactly AutoTokenizer's tokenization (slow: real model)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from chat.bench import Settings, run, table
+from chat.cli import main
+from features import formats
+from features.dictionary import Dictionary
+
+TINY = Settings(tokens=4, repeats=1, harvest_tokens=64, train_steps=1, clamp=True, cold_starts=0)
+
+
+@pytest.fixture(scope="module")
+def dictionary_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("dictionary")
+    formats.save(Dictionary.random(32, 48, activation="topk", k=6, seed=4, hook_layer=1), folder)
+    return folder
+
+
+def test_bench_measures_everything(tiny_model_dir, dictionary_dir):
+    res = run(TINY, model=str(tiny_model_dir), dictionary=str(dictionary_dir))
+    measures = [r["measure"] for r in res.rows]
+    assert measures[:4] == ["decode, 3 features add + readout", "decode, 3 features clamp + readout",
+                            "prefill, 512-token prompt", "time to first token, 512-token prompt"]
+    assert any(m.startswith("harvest") for m in measures) and any(m.startswith("train") for m in measures)
+    for r in res.rows:
+        values = [v for v in (r["plain"], r["steered"], r["ratio"]) if v is not None]
+        assert values and all(math.isfinite(v) and v > 0 for v in values), r
+    decode = res.details["decode_add"]
+    assert len(decode["features"]) == 3 and len(decode["plain_runs"]) == len(decode["steered_runs"]) == 1
+    assert "| decode, 3 features add + readout | tok/s |" in table(res)
+
+
+def test_bench_cli_json(tiny_model_dir, dictionary_dir, monkeypatch, capsys):
+    import chat.bench
+
+    monkeypatch.setattr(chat.bench.Settings, "quick", classmethod(lambda cls: TINY))
+    assert main(["bench", "--quick", "--json", "--model", str(tiny_model_dir), "--dictionary", str(dictionary_dir)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {"rows", "machine", "settings", "details"} <= set(data) and data["settings"]["tokens"] == 4
+    assert main(["bench", "--tokens", "0"]) == 2
+    assert "--tokens must be at least 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_embedded_tokenizer_equals_auto_tokenizer():
+    from transformers import AutoTokenizer
+
+    from chat.models import _embedded_tokenizer, embedded_model_dir
+
+    folder = embedded_model_dir()
+    fast, auto = _embedded_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
+    assert fast.all_special_ids == auto.all_special_ids and len(fast) == len(auto)
+    assert (fast.bos_token_id, fast.eos_token_id, fast.pad_token_id) == (auto.bos_token_id, auto.eos_token_id,
+                                                                         auto.pad_token_id)
+    assert fast.added_tokens_decoder == auto.added_tokens_decoder and fast.chat_template == auto.chat_template
+    texts = ["<bos>A conversation\n\nUser: hi <eos> there", "  spaces\t\ttabs\n\n\n", "émoji 👩‍👩‍👧 中文 العربية",
+             "def f(x):\n    return x**2", "<start_of_turn>user\nhi<end_of_turn>", "\u200b\ufeff",
+             (Path(__file__).resolve().parents[1] / "README.md").read_text()]
+    for text in texts:
+        for split in (False, True):
+            assert fast.encode(text, add_special_tokens=False, split_special_tokens=split) == \
+                auto.encode(text, add_special_tokens=False, split_special_tokens=split)
+    rng = random.Random(0)
+    for _ in range(2000):
+        ids = [rng.randrange(len(auto)) for _ in range(8)]
+        assert fast.decode(ids) == auto.decode(ids)
+        assert fast.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)
