@@ -2,7 +2,7 @@
 learned, all in one run on one machine.
 
 Absolute times on a shared CPU are noisy, so the steering costs are ratios of runs interleaved in
-one process (plain, steered, steered, plain, ...; medians):
+one process (plain, steered, steered, plain, ...; the median over adjacent pairs):
 
 - decode: transformers' `model.generate` with no hooks vs our generate path (chat/generate.py)
   with 3 features steered and the full readout, greedy, same prompt; tokens/s after the first
@@ -132,6 +132,12 @@ def _rates(start: float, times: list[float], end: float) -> tuple[float, float, 
     return times[0] - start, decode, n
 
 
+def _paired(plain: list[float], steered: list[float]) -> float:
+    """Median over run pairs of steered/plain speed: the two runs of a pair are adjacent in
+    time, so load that drifts over the run cancels (a ratio of medians would keep it)."""
+    return statistics.median(q / p for p, q in zip(plain, steered))
+
+
 def _interleaved(a, b, repeats: int) -> tuple[list, list]:
     """Run a and b `repeats` times each as a b b a a b ..., after one warm-up of each."""
     a(), b()
@@ -147,10 +153,10 @@ def bench_decode(engine: Engine, s: Settings, res: Results, mode: str) -> None:
     steerer = _steerer(engine, ids, mode)
     plain, steered = _interleaved(lambda: _plain_run(engine, ids, s.tokens),
                                   lambda: _steered_run(engine, ids, s.tokens, steerer), s.repeats)
-    p = statistics.median(r[1] for r in plain)
-    q = statistics.median(r[1] for r in steered)
-    res.add(f"decode, 3 features {mode} + readout", "tok/s", p, q, q / p,
-            f">= {DECODE_TARGET}" if mode == "add" else "", q / p >= DECODE_TARGET if mode == "add" else None)
+    p, q = statistics.median(r[1] for r in plain), statistics.median(r[1] for r in steered)
+    ratio = _paired([r[1] for r in plain], [r[1] for r in steered])
+    res.add(f"decode, 3 features {mode} + readout", "tok/s", p, q, ratio,
+            f">= {DECODE_TARGET}" if mode == "add" else "", ratio >= DECODE_TARGET if mode == "add" else None)
     res.details[f"decode_{mode}"] = {"prompt_tokens": len(ids), "features": [f for f, _ in steerer.steering.strengths],
                                      "plain_runs": plain, "steered_runs": steered}
 
@@ -172,12 +178,12 @@ def bench_prefill(engine: Engine, s: Settings, res: Results) -> None:
         return len(ids) / (time.perf_counter() - start)
 
     plain, steered = _interleaved(lambda: forward(False), lambda: forward(True), s.repeats)
-    p, q = statistics.median(plain), statistics.median(steered)
-    res.add(f"prefill, {len(ids)}-token prompt", "tok/s", p, q, q / p)
+    res.add(f"prefill, {len(ids)}-token prompt", "tok/s", statistics.median(plain), statistics.median(steered),
+            _paired(plain, steered))
     plain, steered = _interleaved(lambda: _plain_run(engine, ids, 1)[0],
                                   lambda: _steered_run(engine, ids, 1, steerer)[0], s.repeats)
-    p, q = statistics.median(plain), statistics.median(steered)
-    res.add(f"time to first token, {len(ids)}-token prompt", "s", p, q, p / q)
+    res.add(f"time to first token, {len(ids)}-token prompt", "s", statistics.median(plain),
+            statistics.median(steered), _paired([1 / t for t in plain], [1 / t for t in steered]))
 
 
 _COLD_CHILD = r"""
@@ -314,5 +320,5 @@ def table(res: Results) -> str:
     m = res.machine
     lines.append(f"\n{res.details['engine']}; {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
                  f"load average {m['load_1min']:.1f} at start and {m['load_1min_end']:.1f} at the end. "
-                 "Ratios are steered/plain speed (1.0 = no overhead).")
+                 "Ratios are steered/plain speed (1.0 = no overhead), the median over interleaved run pairs.")
     return "\n".join(lines)
