@@ -200,7 +200,7 @@ def run_case(engine, case: Case, baselines: Baselines | None = None) -> CaseResu
     fid = engine.catalog.resolve(case.feature)
     steering = Steering({fid: case.strength}, mode=case.mode)
     concept_ids = metrics.concept_token_ids(engine.lm.tokenizer, case.terms)
-    steered_texts, plain_texts, lifts, log_costs = [], [], [], []
+    steered_texts, plain_texts, lifts, ppls, plain_ppls = [], [], [], [], []
     for prompt in case.prompts:
         for seed in case.seeds:
             plain, prompt_ids, plain_ppl = baselines.get(prompt, seed, case.temperature, case.max_new_tokens)
@@ -208,15 +208,15 @@ def run_case(engine, case: Case, baselines: Baselines | None = None) -> CaseResu
                                    max_new_tokens=case.max_new_tokens)
             steered_texts.append(steered.text)
             plain_texts.append(plain.text)
-            ppl = metrics.perplexity(engine, prompt_ids, steered.token_ids)
-            log_costs.append(math.log(ppl / plain_ppl) if math.isfinite(ppl) and math.isfinite(plain_ppl) else math.inf)
+            ppls.append(metrics.perplexity(engine, prompt_ids, steered.token_ids))
+            plain_ppls.append(plain_ppl)
             if plain.token_ids:
                 lifts.append(
                     metrics.concept_logprob(metrics.reply_logprobs(engine, prompt_ids, plain.token_ids, steering), concept_ids)
                     - metrics.concept_logprob(metrics.reply_logprobs(engine, prompt_ids, plain.token_ids), concept_ids)
                 )
     rate = metrics.concept_rate(steered_texts, case.terms)
-    cost = math.exp(sum(log_costs) / len(log_costs))
+    cost = metrics.fluency_cost(ppls, plain_ppls)
     failures = []
     if case.expect == "present" and rate < case.min_concept_rate:
         failures.append(f"concept rate {rate:.2f} < {case.min_concept_rate:.2f}")

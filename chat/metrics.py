@@ -10,6 +10,7 @@
 """
 from __future__ import annotations
 
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -79,6 +80,14 @@ def concept_logprob(logprobs: Tensor, token_ids: Sequence[int]) -> float:
     if logprobs.shape[0] == 0:
         return float("nan")
     return float(torch.logsumexp(logprobs[:, list(token_ids)], dim=-1).mean())
+
+
+def fluency_cost(steered_ppl: Sequence[float], plain_ppl: Sequence[float]) -> float:
+    """Geometric mean over replies of steered / unsteered perplexity; inf when any is not finite
+    (an empty reply says nothing)."""
+    logs = [math.log(p / q) if math.isfinite(p) and math.isfinite(q) else math.inf
+            for p, q in zip(steered_ppl, plain_ppl)]
+    return math.exp(sum(logs) / len(logs))
 
 
 def fluency_score(cost: float) -> float:

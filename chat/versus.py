@@ -9,7 +9,6 @@ the *original* prompt, so a reply that changes the subject costs the same either
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple
 
 from chat import metrics
@@ -35,17 +34,17 @@ class Versus(NamedTuple):
 def prompting(engine, case: Case, baselines: Baselines) -> tuple[float, float, float, tuple[str, ...]]:
     """(concept rate, fluency cost, score, replies) when the prompt asks for the concept."""
     concept = case.terms[0]
-    texts, log_costs = [], []
+    texts, ppls, plain_ppls = [], [], []
     for prompt in case.prompts:
         for seed in case.seeds:
             _, prompt_ids, plain_ppl = baselines.get(prompt, seed, case.temperature, case.max_new_tokens)
             asked = engine.reply(INSTRUCTION.format(prompt=prompt, concept=concept), seed=seed,
                                  temperature=case.temperature, max_new_tokens=case.max_new_tokens)
             texts.append(asked.text)
-            ppl = metrics.perplexity(engine, prompt_ids, asked.token_ids)
-            log_costs.append(math.log(ppl / plain_ppl) if math.isfinite(ppl) and math.isfinite(plain_ppl) else math.inf)
+            ppls.append(metrics.perplexity(engine, prompt_ids, asked.token_ids))
+            plain_ppls.append(plain_ppl)
     rate = metrics.concept_rate(texts, case.terms)
-    cost = math.exp(sum(log_costs) / len(log_costs))
+    cost = metrics.fluency_cost(ppls, plain_ppls)
     return rate, cost, metrics.combined_score(rate, cost), tuple(texts[:3])
 
 

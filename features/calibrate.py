@@ -8,7 +8,6 @@ with concept rate >= MIN_RATE and cost <= MAX_COST.
 """
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Sequence
 
 from chat import metrics
@@ -50,9 +49,7 @@ def sweep(engine, feature: int, mode: str, terms: Sequence[str], strengths: Sequ
     points = []
     for s in strengths or STRENGTHS[mode]:
         rows = replies(engine, prompts, Steering({feature: s}, mode=mode), max_new_tokens)
-        costs = [math.log(p / q) if math.isfinite(p) and math.isfinite(q) else math.inf
-                 for p, q in zip(_perplexities(engine, rows), plain_ppl)]
-        cost = math.exp(sum(costs) / len(costs))
+        cost = metrics.fluency_cost(_perplexities(engine, rows), plain_ppl)
         rate = metrics.concept_rate([r.text for r in rows], terms)
         points.append(SweepPoint(s, rate, cost, metrics.combined_score(rate, cost), tuple(r.text for r in rows)))
     return points
