@@ -579,11 +579,7 @@ def test_concurrency_soak(engine):
 
     threads = [threading.Thread(target=client, args=(i,)) for i in range(len(SOAK_CLIENTS))]
     threads.append(threading.Thread(target=stopper))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "deadlock: a client never finished"
+    run_all(threads, timeout=120)
     assert not errors, errors
     for i, expected in enumerate(alone):
         assert results[i] == [expected] * SOAK_REQUESTS, f"client {i} saw another client's steering"
@@ -591,6 +587,15 @@ def test_concurrency_soak(engine):
     assert no_generation_threads()  # and frees the worker
     assert hook_counts(lm) == hooks_before
     assert threading.active_count() <= threads_before
+
+
+def run_all(threads: list[threading.Thread], timeout: float) -> None:
+    """Start the threads together and wait for them; one still running means a deadlock."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout)
+    assert not any(t.is_alive() for t in threads), "deadlock: a client never finished"
 
 
 def test_a_stopped_stream_frees_its_worker(engine):
@@ -633,11 +638,7 @@ def test_gradio_soak(server, engine):
             errors.append(e)
 
     threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(asks))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "deadlock: a client never finished"
+    run_all(threads, timeout=300)
     assert not errors, errors
     for i, expected in enumerate(alone):
         assert results[i] == [expected] * SOAK_REQUESTS, f"client {i} saw another client's steering"
