@@ -41,12 +41,13 @@ def concept_rate(texts: Sequence[str], terms: Iterable[str]) -> float:
     return sum(pattern.search(t) is not None for t in texts) / len(texts)
 
 
-def concept_token_ids(tokenizer, terms: Iterable[str]) -> list[int]:
-    """First token of each term as a word start, in lower, Title and as-given case."""
+def concept_token_ids(tokenizer, terms: Iterable[str], bare: bool = True) -> list[int]:
+    """First token of each term as a word start, in lower, Title and as-given case; with `bare`
+    also without the leading space (a reply's first word, or "snow" in "snowfall")."""
     ids: set[int] = set()
     for term in terms:
         for form in {term, term.lower(), term.capitalize()}:
-            for text in (" " + form, form):
+            for text in (" " + form, form) if bare else (" " + form,):
                 tokens = tokenizer.encode(text, add_special_tokens=False)
                 if tokens:
                     ids.add(tokens[0])

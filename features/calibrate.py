@@ -61,6 +61,14 @@ def unsteered(engine, prompts: Sequence[str] = NEUTRAL_PROMPTS, max_new_tokens: 
 
 
 def band(points: Sequence[SweepPoint], min_rate: float = MIN_RATE, max_cost: float = MAX_COST) -> list[float] | None:
-    """[low, high] strengths that pass both bounds, or None when none does."""
-    good = [p.strength for p in points if p.concept_rate >= min_rate and p.fluency_cost <= max_cost]
-    return [min(good), max(good)] if good else None
+    """[low, high]: from the lowest strength that passes both bounds up to the last one before a
+    strength that fails (a band with a failing strength inside would be no recommendation);
+    None when none passes. `points` in increasing strength."""
+    ok = [p.concept_rate >= min_rate and p.fluency_cost <= max_cost for p in points]
+    if not any(ok):
+        return None
+    first = ok.index(True)
+    last = first
+    while last + 1 < len(ok) and ok[last + 1]:
+        last += 1
+    return [points[first].strength, points[last].strength]

@@ -5,6 +5,7 @@
     python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
     python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
     python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
+    python -m features writers --dictionary runs/l9-sae/dictionary --terms winter,snow  # who writes a concept?
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -21,13 +22,14 @@ import sys
 from pathlib import Path
 
 # Freely licensed, human-written text that installs from Debian (apt-get install wordnet-base
-# fortunes fortunes-min python3.11-doc jargon-text debian-reference-en).
+# fortunes fortunes-min python3.11-doc jargon-text debian-reference-en bible-kjv).
 DEFAULT_TEXT = (
     "/usr/share/wordnet",
     "/usr/share/games/fortunes",
     "/usr/share/info/python3.11.info.gz",
     "/usr/share/doc/jargon-text/jargon.txt.gz",
     "/usr/share/debian-reference",
+    "/usr/lib/bible.data",
 )
 
 
@@ -116,13 +118,16 @@ def cmd_steerability(args) -> None:
     from chat.engine import load
     from features.catalog import Catalog
     from features.calibrate import NEUTRAL_PROMPTS
-    from features.steerability import output_scores, target_ids, target_words
+    from chat.metrics import concept_token_ids
+    from features.steerability import output_scores, target_words
 
     engine = load(args.model, args.dictionary, args.layer)
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
     live = [f for f in catalog if f.max_activation]
-    targets = {f.id: target_ids(engine.lm.tokenizer, target_words(f.label, f.top_tokens)) for f in live}
+    # Word starts only: a bare sub-word ("ca" of "cat") would score unrelated features.
+    targets = {f.id: concept_token_ids(engine.lm.tokenizer, target_words(f.label, f.top_tokens), bare=False)
+               for f in live}
     scores = output_scores(engine.lm, engine.dictionary, engine.layer, engine.max_acts, targets,
                            strength=args.strength, batch_size=args.batch_size,
                            prompts=NEUTRAL_PROMPTS[: args.prompts])
@@ -171,6 +176,23 @@ def cmd_calibrate(args) -> None:
     if updated:
         features = {f.id: f for f in catalog if f.has_info()} | updated
         print(f"wrote {Catalog(engine.dictionary.d_sae, features).save(folder)}")
+
+
+def cmd_writers(args) -> None:
+    from chat.engine import load
+    from features.writers import find_writers
+
+    engine = load(args.model, args.dictionary, args.layer)
+    terms = [t.strip() for t in args.terms.split(",") if t.strip()]
+    if not terms:
+        raise ValueError("--terms needs at least one word, e.g. --terms winter,snow")
+    writers = find_writers(engine, terms, top=args.top, strength=args.strength)
+    if args.json:
+        print(json.dumps([w._asdict() | {"label": engine.catalog.label(w.feature)} for w in writers]))
+        return
+    print(f"features that write {', '.join(terms)} (lift: P(terms) steered at {args.strength:g}x - unsteered):")
+    for w in writers:
+        print(f"  #{w.feature:<6} lift {w.lift:.4f}  cos {w.attribution:+.3f}  {engine.catalog.label(w.feature)}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -225,11 +247,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24)
     p.add_argument("--write", action="store_true", help="store the bands (and terms) in features.json")
 
+    p = sub.add_parser("writers", help="which features make the model say these words when amplified?")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", help="default: the embedded one")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--terms", required=True, help="comma-separated concept words")
+    p.add_argument("--top", type=int, default=16, help="candidates (by gradient) to confirm by steering")
+    p.add_argument("--strength", type=float, default=2.0, help="add-mode strength for the confirmation")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
     p.add_argument("--layer", type=int)
-    p.add_argument("--tokens", type=int, default=300_000, help="tokens for FVU, L0 and dead fraction")
+    p.add_argument("--tokens", type=int, default=1_000_000,
+                   help="tokens for FVU, L0 and dead fraction (default: all the held-out text, ~370k)")
     p.add_argument("--ce-tokens", type=int, default=50_000, help="tokens for CE-loss recovered (3 full passes each)")
     p.add_argument("--json", action="store_true")
     return parser
@@ -242,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
-         "calibrate": cmd_calibrate, "evaluate": cmd_evaluate}[args.command](args)
+         "calibrate": cmd_calibrate, "writers": cmd_writers, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise

@@ -14,7 +14,7 @@ a batch are different features on the same prompt, so one forward pass scores ma
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -41,18 +41,7 @@ def target_words(label: str, top_tokens: Sequence[str], n_tokens: int = 5) -> li
     return list(dict.fromkeys(words))
 
 
-def target_ids(tokenizer, words: Iterable[str]) -> list[int]:
-    """First token of each word as a word start, as given, lower and Title case."""
-    ids: set[int] = set()
-    for w in words:
-        for form in {w, w.lower(), w.capitalize()}:
-            tokens = tokenizer.encode(" " + form, add_special_tokens=False)
-            if tokens:
-                ids.add(tokens[0])
-    return sorted(ids)
-
-
-def _scored_prompts(lm: LoadedModel, prompts: Sequence[str]) -> list[list[int]]:
+def scored_prompts(lm: LoadedModel, prompts: Sequence[str]) -> list[list[int]]:
     """Each prompt followed by the unsteered greedy reply's first POSITIONS - 1 tokens."""
     out = []
     for text in prompts:
@@ -72,7 +61,7 @@ def output_scores(lm: LoadedModel, dictionary: Dictionary, layer: int, max_acts:
     from tqdm.auto import tqdm
 
     features = [f for f, t in targets.items() if t]
-    sequences = _scored_prompts(lm, prompts)
+    sequences = scored_prompts(lm, prompts)
     scores = {f: 0.0 for f in features}
     bar = tqdm(total=len(features) * len(sequences), unit="feature", disable=not progress, desc="steerability")
     for seq in sequences:

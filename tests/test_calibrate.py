@@ -20,6 +20,11 @@ def test_band_spans_the_strengths_that_pass_both_bounds():
     assert band(points, max_cost=1.2) is None
 
 
+def test_band_stops_at_the_first_failing_strength():
+    points = [point(1, 1.0, 2.0), point(2, 1.0, 4.5), point(3, 0.75, 3.0)]
+    assert band(points) == [1, 1]
+
+
 @pytest.fixture(scope="module")
 def engine(tiny_lm):
     catalog = Catalog(64, {5: Feature(5, "bridge", 4.0, 0.01)})

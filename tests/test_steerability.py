@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from features.dictionary import Dictionary
-from features.steerability import output_scores, target_ids, target_words
+from chat.metrics import concept_token_ids
+from features.steerability import output_scores, target_words
 
 
 def test_target_words_take_the_written_side_of_automatic_labels():
@@ -47,5 +48,6 @@ def test_batching_does_not_change_scores(setup):
 
 
 def test_target_ids_are_word_starts(tiny_lm):
-    ids = target_ids(tiny_lm.tokenizer, ["bridge"])
+    ids = concept_token_ids(tiny_lm.tokenizer, ["bridge"], bare=False)
     assert tiny_lm.tokenizer.encode(" bridge", add_special_tokens=False)[0] in ids
+    assert len(ids) <= 2  # " bridge", " Bridge": no bare forms
