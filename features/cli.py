@@ -71,6 +71,7 @@ def cmd_train(args) -> None:
     shards = [Path(args.shards) / s["file"] for s in manifest["shards"]]
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
                       batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
+                      dead_after_tokens=args.dead_after_tokens,
                       hook_layer=manifest["layer"], seed=args.seed)
     result = train(shards, cfg, Path(args.out))
     folder = formats.save(result.dictionary, Path(args.out) / "dictionary", model_name=manifest["model"])
@@ -126,8 +127,9 @@ def cmd_steerability(args) -> None:
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
     live = [f for f in catalog if f.max_activation]
     # Word starts only: a bare sub-word ("ca" of "cat") would score unrelated features.
-    targets = {f.id: concept_token_ids(engine.lm.tokenizer, target_words(f.label, f.top_tokens), bare=False)
-               for f in live}
+    # Curated features are scored on their concept terms, the rest on what their labels name.
+    targets = {f.id: concept_token_ids(engine.lm.tokenizer, f.extra.get("terms") or target_words(f.label, f.top_tokens),
+                                       bare=False) for f in live}
     scores = output_scores(engine.lm, engine.dictionary, engine.layer, engine.max_acts, targets,
                            strength=args.strength, batch_size=args.batch_size,
                            prompts=NEUTRAL_PROMPTS[: args.prompts])
@@ -220,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, help="default: every harvested token once")
     p.add_argument("--batch-tokens", type=int, default=4096)
     p.add_argument("--warmup-steps", type=int, default=200)
+    p.add_argument("--dead-after-tokens", type=int, default=250_000,
+                   help="a latent silent this long gets the AuxK loss that revives it")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
@@ -233,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
     p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
     p.add_argument("--layer", type=int)
-    p.add_argument("--strength", type=float, default=4.0, help="add-mode strength (multiples of max activation)")
+    p.add_argument("--strength", type=float, default=2.0, help="add-mode strength (multiples of max activation)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--prompts", type=int, default=4, choices=range(1, 7), help="neutral prompts to average over")
 

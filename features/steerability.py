@@ -25,7 +25,7 @@ from chat.prompt import build_prompt
 from features.calibrate import NEUTRAL_PROMPTS
 from features.dictionary import Dictionary
 
-STRENGTH = 4.0  # multiples of max activation: clearly audible for most features, rarely gibberish
+STRENGTH = 2.0  # multiples of max activation: where curated writers show their concept, before text breaks (3-4x)
 POSITIONS = 4  # reply positions scored per prompt: the first reply token and three after it
 _WORD = re.compile(r"[A-Za-z]{3,}")
 _STOP = {"the", "and", "for", "with", "that", "this", "from", "are", "was", "not", "but", "you", "all"}

@@ -58,7 +58,10 @@ class TrainConfig:
     warmup_steps: int = 200
     decay_fraction: float = 0.2  # linear decay to 0 over the last 20% of steps
     auxk_alpha: float = 1 / 32  # AuxK loss weight; k_aux = d_in // 2
-    dead_after_tokens: int = 1_000_000  # a latent that has not fired in this many tokens is dead
+    # A latent that has not fired in this many tokens is dead and gets the AuxK loss. Shorter than
+    # the ~370k-token held-out set on purpose: a latent that fires less often than that would
+    # look dead there (sparsify and the TopK paper use 10M, for a looser definition of dead).
+    dead_after_tokens: int = 250_000
     checkpoint_every: int = 200  # steps
     seed: int = 0
     hook_layer: int | None = None

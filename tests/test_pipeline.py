@@ -185,7 +185,7 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     folder = tmp_path / "dict"
     formats.save(Dictionary.random(32, 48, activation="topk", k=4, seed=1, hook_layer=1), folder, dtype=torch.float32)
     Catalog(48, {3: Feature(3, "my curated name", 1.0, 0.1, curated=True)}).save(folder)
-    # Enough ~4,000-character pieces that the 2% held-out split is not empty.
+    # Enough ~4,000-character pieces that the 4% held-out split is not empty.
     (corpus_dir / "long.txt").write_text("\n\n".join(f"Paragraph {i}: dogs, bridges and rain. " * 12 for i in range(2000)))
     source = ["--model", str(tiny_model_dir), "--text", str(corpus_dir), "--seq-len", "16"]
     assert main(["label", "--dictionary", str(folder), "--tokens", "2000", *source]) == 0
@@ -198,6 +198,11 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     result = json.loads(capsys.readouterr().out)
     assert set(result) == {"fvu", "l0", "dead_fraction", "ce_loss_recovered", "tokens", "ce_tokens"}
     assert result["l0"] == 4
+    assert main(["writers", "--dictionary", str(folder), "--model", str(tiny_model_dir), "--terms", "bridge",
+                 "--top", "3", "--json"]) == 0
+    writers = json.loads(capsys.readouterr().out)
+    assert len(writers) == 3 and {"feature", "attribution", "lift", "label"} <= set(writers[0])
+    assert main(["writers", "--dictionary", str(folder), "--model", str(tiny_model_dir), "--terms", " , "]) == 2
     assert main(["harvest", "--layer", "1", "--out", str(tmp_path / "h"), "--text", str(tmp_path / "nothing")]) == 2
 
 
