@@ -217,3 +217,13 @@ def test_mixed_pieces_interleaves_sources(tmp_path):
     first = [p[0] for p in mixed[: len(mixed) // 4]]
     assert 0.3 < first.count("a") / len(first) < 0.7
     assert mixed == list(mixed_pieces(paths, heldout=False))  # deterministic, so harvests resume
+
+
+def test_mixed_sources_of_different_sizes_run_out_together(tmp_path):
+    from features.corpus import mixed_pieces
+
+    (tmp_path / "big.txt").write_text("\n\n".join(f"big{i} " * 300 for i in range(300)))
+    (tmp_path / "small.txt.gz").write_bytes(gzip.compress("\n\n".join(f"small{i} " * 300 for i in range(100)).encode()))
+    mixed = list(mixed_pieces([tmp_path / "big.txt", tmp_path / "small.txt.gz"], heldout=False))
+    tail = mixed[-len(mixed) // 5:]
+    assert any(p.startswith("small") for p in tail) and any(p.startswith("big") for p in tail)
