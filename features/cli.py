@@ -6,6 +6,7 @@
     python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
     python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
     python -m features writers --dictionary runs/l9-sae/dictionary --terms winter,snow  # who writes a concept?
+    python -m features curate --dictionary runs/l9-sae/dictionary --concepts assets/concepts.toml --out p.jsonl
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -197,6 +198,30 @@ def cmd_writers(args) -> None:
         print(f"  #{w.feature:<6} lift {w.lift:.4f}  cos {w.attribution:+.3f}  {engine.catalog.label(w.feature)}")
 
 
+def cmd_curate(args) -> None:
+    from dataclasses import replace
+
+    from chat.engine import load
+    from features.catalog import Catalog
+    from features.curate import accepted, load_concepts, run
+
+    concepts = load_concepts(Path(args.concepts))
+    engine = load(args.model, args.dictionary, args.layer)
+    proposals = run(engine, concepts, Path(args.out))
+    if not args.write:
+        return
+    reject = [r.strip() for r in (args.reject or "").split("|") if r.strip()]
+    picks = accepted(proposals, reject)
+    folder = Path(args.dictionary)
+    catalog = Catalog.load(folder, engine.dictionary.d_sae)
+    features = {f.id: f for f in catalog if f.has_info()}
+    for p in picks:
+        f = catalog[p["chosen"]]
+        features[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
+                                 extra=f.extra | {"terms": p["terms"], "category": p["category"]})
+    print(f"marked {len(picks)} features curated; wrote {Catalog(engine.dictionary.d_sae, features).save(folder)}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -260,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strength", type=float, default=2.0, help="add-mode strength for the confirmation")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("curate", help="propose a writer feature and strength bands for each concept of a list")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--concepts", required=True, help="TOML with [[concept]] name, category, terms")
+    p.add_argument("--out", required=True, help="proposals, JSON lines (a run resumes from it)")
+    p.add_argument("--write", action="store_true", help="mark the proposals curated in features.json")
+    p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
@@ -278,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
-         "calibrate": cmd_calibrate, "writers": cmd_writers, "evaluate": cmd_evaluate}[args.command](args)
+         "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate,
+         "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise

@@ -1,0 +1,135 @@
+"""Curation assistant: for each concept in a list, propose the feature that writes it, with
+measured add and clamp bands, for a person to review before it is marked curated.
+
+For a concept (name, category, terms):
+1. candidates: the features whose decoder directions best raise the terms' log-probability
+   (`features.writers`, a gradient), plus the features that fire hardest on the terms
+   themselves, ranked by their measured lift when added at 2x;
+2. the best CANDIDATES of them by lift are swept (add: 1, 2, 3 x max activation; a sweep stops
+   at the first failing strength after a passing one, since bands are contiguous) on the
+   neutral prompts; the first with an add band is kept and swept in clamp mode too.
+
+A strength passes when at least half the replies, and a quarter more than unsteered, mention a
+term and the fluency cost stays <= MAX_COST (`features.calibrate`). Results go to a JSON-lines
+file, one line per concept, so a long run resumes where it stopped; concepts are visited one
+category at a time in turn, so a run stopped early still covers every category.
+
+    python -m features curate --dictionary D --concepts assets/concepts.toml --out proposals.jsonl
+    python -m features curate --dictionary D --concepts assets/concepts.toml --out proposals.jsonl \\
+        --write --reject "poison|islands"     # after reading them: mark the rest curated
+"""
+from __future__ import annotations
+
+import json
+import time
+import tomllib
+from itertools import zip_longest
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+from chat import metrics
+from features.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
+from features.writers import find_writers
+
+PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
+MAX_NEW_TOKENS = 20
+STRENGTHS = (1.0, 2.0, 3.0)
+CANDIDATES = 2  # candidates swept per concept, best lift first
+MIN_LIFT = 0.002  # below this a candidate does not move the terms' probability at all
+
+
+class Concept(NamedTuple):
+    name: str  # becomes the curated label: what the feature writes
+    category: str
+    terms: tuple[str, ...]
+
+
+def load_concepts(path: Path) -> list[Concept]:
+    """[[concept]] tables with name, category and terms, from a TOML file."""
+    try:
+        rows = tomllib.loads(Path(path).read_text())["concept"]
+        concepts = [Concept(str(r["name"]), str(r.get("category", "")), tuple(str(t) for t in r["terms"])) for r in rows]
+    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+        raise ValueError(f"{path}: not a concepts file ([[concept]] tables with name and terms): {e}") from None
+    if any(not c.terms for c in concepts):
+        raise ValueError(f"{path}: every concept needs at least one term")
+    return concepts
+
+
+def by_category_in_turn(concepts: Sequence[Concept]) -> list[Concept]:
+    groups: dict[str, list[Concept]] = {}
+    for c in concepts:
+        groups.setdefault(c.category, []).append(c)
+    return [c for row in zip_longest(*groups.values()) for c in row if c]
+
+
+def _readers(engine, terms: Sequence[str], n: int = 6) -> list[int]:
+    """Features firing hardest (relative to their max) on the terms themselves."""
+    acts = engine.encode(", ".join(terms) + ". " + " ".join(terms)).acts.float()  # (T, F)
+    return (acts.max(0).values / engine.max_acts).topk(n).indices.tolist()
+
+
+def _points(points: Sequence[SweepPoint]) -> list[list]:
+    return [[p.strength, round(p.concept_rate, 2), round(p.fluency_cost, 2), list(p.samples[:2])] for p in points]
+
+
+def propose(engine, concept: Concept, baseline) -> dict:
+    """One concept's proposal: candidates, their sweeps and, when one passes, `chosen` with its
+    `add` and `clamp` bands."""
+    plain_rate = metrics.concept_rate([r.text for r in baseline[0]], concept.terms)
+    need = max(0.5, plain_rate + 0.25)
+
+    def sweep_up(fid: int, mode: str) -> list[SweepPoint]:
+        points: list[SweepPoint] = []
+        for s in STRENGTHS:
+            points += sweep(engine, fid, mode, concept.terms, strengths=(s,), prompts=PROMPTS,
+                            max_new_tokens=MAX_NEW_TOKENS, baseline=baseline)
+            last = points[-1]
+            if not (last.concept_rate >= need and last.fluency_cost <= MAX_COST) and band(points, need):
+                break
+        return points
+
+    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2],
+                           also=_readers(engine, concept.terms))
+    out = {"name": concept.name, "category": concept.category, "terms": list(concept.terms),
+           "plain_rate": plain_rate, "writers": [w._asdict() for w in writers[:6]], "tried": []}
+    for w in [w for w in writers if w.lift > MIN_LIFT][:CANDIDATES]:
+        add = sweep_up(w.feature, "add")
+        out["tried"].append({"feature": w.feature, "label": engine.catalog.label(w.feature), "add": _points(add)})
+        if add_band := band(add, need):
+            clamp = sweep_up(w.feature, "clamp")
+            out |= {"chosen": w.feature, "add": add_band, "clamp": band(clamp, need), "clamp_sweep": _points(clamp)}
+            break
+    return out
+
+
+def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[dict]:
+    """Propose for every concept not yet in `out` (JSON lines), appending as it goes."""
+    out = Path(out)
+    done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    names = {d["name"] for d in done}
+    baseline = unsteered(engine, PROMPTS, MAX_NEW_TOKENS)
+    for concept in by_category_in_turn(concepts):
+        if concept.name in names:
+            continue
+        start = time.time()
+        row = propose(engine, concept, baseline)
+        with out.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        done.append(row)
+        progress(f"{concept.name:<32} #{row.get('chosen', '-')} add {row.get('add')} clamp {row.get('clamp')} "
+                 f"({time.time() - start:.0f}s)")
+    return done
+
+
+def accepted(proposals: Sequence[dict], reject: Sequence[str] = ()) -> list[dict]:
+    """Proposals with a feature and both bands, minus rejected names; a feature proposed for two
+    concepts goes to the first."""
+    taken: set[int] = set()
+    keep = []
+    for p in proposals:
+        if p.get("chosen") is None or not p.get("clamp") or p["name"] in reject or p["chosen"] in taken:
+            continue
+        taken.add(p["chosen"])
+        keep.append(p)
+    return keep

@@ -1,0 +1,63 @@
+"""The curation assistant (features/curate.py) on the tiny model."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from chat.engine import Engine
+from chat.metrics import concept_token_ids
+from features import curate
+from features.catalog import Catalog, Feature
+from features.dictionary import Dictionary
+from features.writers import concept_gradient
+
+
+def test_concepts_load_and_take_turns_by_category(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[[concept]]\nname = "a"\ncategory = "x"\nterms = ["a1"]\n'
+                    '[[concept]]\nname = "b"\ncategory = "x"\nterms = ["b1"]\n'
+                    '[[concept]]\nname = "c"\ncategory = "y"\nterms = ["c1", "c2"]\n')
+    concepts = curate.load_concepts(path)
+    assert concepts[2] == curate.Concept("c", "y", ("c1", "c2"))
+    assert [c.name for c in curate.by_category_in_turn(concepts)] == ["a", "c", "b"]
+    path.write_text('[[concept]]\nname = "a"\nterms = []\n')
+    with pytest.raises(ValueError, match="at least one term"):
+        curate.load_concepts(path)
+    path.write_text("concept = 3")
+    with pytest.raises(ValueError, match="not a concepts file"):
+        curate.load_concepts(path)
+
+
+def test_accepted_needs_both_bands_skips_rejects_and_gives_a_feature_to_one_concept():
+    rows = [{"name": "a", "chosen": 1, "add": [1, 2], "clamp": [1, 1]},
+            {"name": "b", "chosen": 1, "add": [1, 2], "clamp": [1, 1]},  # same feature as a
+            {"name": "c", "chosen": 2, "add": [1, 2], "clamp": None},  # no clamp band
+            {"name": "d"},  # nothing found
+            {"name": "e", "chosen": 3, "add": [2, 3], "clamp": [2, 2]},
+            {"name": "f", "chosen": 4, "add": [1, 1], "clamp": [1, 1]}]
+    assert [r["name"] for r in curate.accepted(rows, reject=["f"])] == ["a", "e"]
+
+
+def test_run_proposes_each_concept_once_and_resumes(tiny_lm, tmp_path, monkeypatch):
+    g = concept_gradient(tiny_lm, 1, concept_token_ids(tiny_lm.tokenizer, ["bridge"]), curate.NEUTRAL_PROMPTS[:2])
+    d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
+    d.W_dec[5] = g / g.norm()  # a planted writer of "bridge"
+    engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")
+    monkeypatch.setattr(curate, "STRENGTHS", (1.0, 20.0))
+    monkeypatch.setattr(curate, "MAX_NEW_TOKENS", 6)
+    concepts = [curate.Concept("bridges", "places", ("bridge",)), curate.Concept("rain", "weather", ("rain",))]
+    out = tmp_path / "p.jsonl"
+    rows = curate.run(engine, concepts, out, progress=lambda line: None)
+    assert [r["name"] for r in rows] == ["bridges", "rain"]
+    assert rows[0]["writers"][0]["feature"] == 5  # confirmed by steering as the best writer
+    for r in rows:
+        assert r["tried"] and all(len(t["add"]) >= 1 for t in r["tried"])
+        if "chosen" in r:
+            lo, hi = r["add"]
+            assert lo <= hi and lo in curate.STRENGTHS
+    assert len(out.read_text().splitlines()) == 2
+    again = curate.run(engine, concepts + [curate.Concept("sun", "weather", ("sun",))], out, progress=lambda line: None)
+    assert [r["name"] for r in again] == ["bridges", "rain", "sun"]  # only "sun" was new
+    assert json.loads(out.read_text().splitlines()[0]) == rows[0]
