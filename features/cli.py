@@ -42,6 +42,18 @@ def _text_paths(given: list[str] | None) -> list[Path]:
     return paths
 
 
+def _terms(text: str | None) -> list[str]:
+    """Comma-separated concept words -> the non-empty ones."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def _save_with(catalog, folder: Path, updated: dict) -> Path:
+    """Write `catalog` to `folder` with the features in `updated` ({id: Feature}) replacing theirs."""
+    from features.catalog import Catalog
+
+    return Catalog(catalog.d_sae, {f.id: f for f in catalog if f.has_info()} | updated).save(folder)
+
+
 def _sequences(lm, args, heldout: bool):
     from features.corpus import mixed_pieces, pack
 
@@ -135,7 +147,7 @@ def cmd_steerability(args) -> None:
                            strength=args.strength, batch_size=args.batch_size,
                            prompts=NEUTRAL_PROMPTS[: args.prompts])
     features = {f.id: replace(f, steerability=scores.get(f.id, 0.0)) for f in live}
-    path = Catalog(engine.dictionary.d_sae, {f.id: f for f in catalog if f.has_info()} | features).save(folder)
+    path = _save_with(catalog, folder, features)
     ranked = sorted(scores.items(), key=lambda kv: -kv[1])
     print(f"scored {len(scores)} features; wrote {path}; most steerable:")
     for fid, score in ranked[:10]:
@@ -153,7 +165,7 @@ def cmd_calibrate(args) -> None:
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
     if args.feature is not None:
-        terms = [t.strip() for t in (args.terms or "").split(",") if t.strip()]
+        terms = _terms(args.terms)
         if not terms:
             raise ValueError("--feature needs --terms (comma-separated words that show the concept)")
         jobs = [(catalog.resolve(args.feature), terms)]
@@ -177,8 +189,7 @@ def cmd_calibrate(args) -> None:
                                                                    if m not in bands}
             updated[fid] = replace(catalog[fid], strengths=strengths, extra=catalog[fid].extra | {"terms": terms})
     if updated:
-        features = {f.id: f for f in catalog if f.has_info()} | updated
-        print(f"wrote {Catalog(engine.dictionary.d_sae, features).save(folder)}")
+        print(f"wrote {_save_with(catalog, folder, updated)}")
 
 
 def cmd_writers(args) -> None:
@@ -186,7 +197,7 @@ def cmd_writers(args) -> None:
     from features.writers import find_writers
 
     engine = load(args.model, args.dictionary, args.layer)
-    terms = [t.strip() for t in args.terms.split(",") if t.strip()]
+    terms = _terms(args.terms)
     if not terms:
         raise ValueError("--terms needs at least one word, e.g. --terms winter,snow")
     writers = find_writers(engine, terms, top=args.top, strength=args.strength)
@@ -214,12 +225,12 @@ def cmd_curate(args) -> None:
     picks = accepted(proposals, reject)
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
-    features = {f.id: f for f in catalog if f.has_info()}
+    updated = {}
     for p in picks:
         f = catalog[p["chosen"]]
-        features[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
-                                 extra=f.extra | {"terms": p["terms"], "category": p["category"]})
-    print(f"marked {len(picks)} features curated; wrote {Catalog(engine.dictionary.d_sae, features).save(folder)}")
+        updated[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
+                                extra=f.extra | {"terms": p["terms"], "category": p["category"]})
+    print(f"marked {len(picks)} features curated; wrote {_save_with(catalog, folder, updated)}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ For a concept (name, category, terms):
    neutral prompts; the first with an add band is kept and swept in clamp mode too.
 
 A strength passes when at least half the replies, and a quarter more than unsteered, mention a
-term and the fluency cost stays <= MAX_COST (`features.calibrate`). Results go to a JSON-lines
+term and the fluency cost stays <= `features.calibrate.MAX_COST`. Results go to a JSON-lines
 file, one line per concept, so a long run resumes where it stopped; concepts are visited one
 category at a time in turn, so a run stopped early still covers every category.
 
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from chat import metrics
-from features.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
+from features.calibrate import NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
 from features.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
@@ -84,8 +84,7 @@ def propose(engine, concept: Concept, baseline) -> dict:
         for s in STRENGTHS:
             points += sweep(engine, fid, mode, concept.terms, strengths=(s,), prompts=PROMPTS,
                             max_new_tokens=MAX_NEW_TOKENS, baseline=baseline)
-            last = points[-1]
-            if not (last.concept_rate >= need and last.fluency_cost <= MAX_COST) and band(points, need):
+            if band(points[-1:], need) is None and band(points, need):  # failed after a pass
                 break
         return points
 

@@ -203,6 +203,24 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     writers = json.loads(capsys.readouterr().out)
     assert len(writers) == 3 and {"feature", "attribution", "lift", "label"} <= set(writers[0])
     assert main(["writers", "--dictionary", str(folder), "--model", str(tiny_model_dir), "--terms", " , "]) == 2
+    # The commands that write back into features.json keep every other feature as it was.
+    model = ["--model", str(tiny_model_dir)]
+    assert main(["steerability", "--dictionary", str(folder), "--prompts", "1", *model]) == 0
+    scored = Catalog.load(folder, 48)
+    assert all(f.steerability is not None for f in scored if f.max_activation) and scored[3].label == "my curated name"
+    assert main(["calibrate", "--dictionary", str(folder), "--feature", "3", "--terms", "dogs, rain", "--modes", "add",
+                 "--max-new-tokens", "4", "--write", *model]) == 0
+    assert Catalog.load(folder, 48)[3].extra["terms"] == ["dogs", "rain"]
+    live = next(f for f in Catalog.load(folder, 48) if f.max_activation and not f.curated)
+    (tmp_path / "c.toml").write_text('[[concept]]\nname = "rainy dogs"\ncategory = "x"\nterms = ["rain"]\n')
+    (tmp_path / "p.jsonl").write_text(json.dumps({"name": "rainy dogs", "category": "x", "terms": ["rain"],
+                                                  "chosen": live.id, "add": [1, 2], "clamp": [1, 1]}) + "\n")
+    assert main(["curate", "--dictionary", str(folder), "--concepts", str(tmp_path / "c.toml"),
+                 "--out", str(tmp_path / "p.jsonl"), "--write", *model]) == 0
+    after = Catalog.load(folder, 48)
+    assert after[live.id].curated and after[live.id].label == "rainy dogs"
+    assert after[live.id].strengths == {"add": [1, 2], "clamp": [1, 1]} and after[3].label == "my curated name"
+    assert sum(f.has_info() for f in after) == sum(f.has_info() for f in scored)
     assert main(["harvest", "--layer", "1", "--out", str(tmp_path / "h"), "--text", str(tmp_path / "nothing")]) == 2
 
 
