@@ -39,7 +39,7 @@ from torch import Tensor
 from .dictionary import Dictionary
 
 SAMPLE_TOKENS = 1 << 16  # tokens that set input_scale and the initial b_dec
-SHUFFLE_SHARDS = 8  # shards shuffled together, so one document's tokens spread over many batches
+SHUFFLE_SHARDS = 8  # a shuffle window holds about this many shards' worth of tokens, taken from all shards
 FVU_WINDOW = 100  # batches in the running FVU
 PARAMS = ("W_enc_T", "b_enc", "W_dec", "b_dec")
 # The dense encoder matmul in bf16 took 0.67 s instead of 1.29 s (4096×640×16384 on a 2-core Zen 4;
@@ -180,10 +180,6 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
 
     shards, out_dir = [Path(s) for s in shards], Path(out_dir)
     sizes, d_in = _shard_sizes(shards)
-    # Shards in a seeded random order: a harvest's stream can drift (one text source running out
-    # before the others), and training on it in order would spend its last steps on one source.
-    order = np.random.default_rng([cfg.seed, 1]).permutation(len(shards)).tolist()
-    shards, sizes = [shards[i] for i in order], [sizes[i] for i in order]
     total_steps = (cfg.total_tokens or sum(sizes)) // cfg.batch_tokens
     if total_steps == 0:
         raise ValueError(f"the shards hold {sum(sizes)} tokens, fewer than one batch of {cfg.batch_tokens}")
@@ -282,8 +278,8 @@ def _save_checkpoint(out_dir: Path, run: dict, step: int, B: int, sizes: list[in
             tensors[f"{moment}.{name}"] = opt.state[t][moment]
     epoch, window, offset = _position(step * B, sizes)
     meta = {**run, "step": step, "tokens": step * B, "input_scale": scale, "fvu_recent": list(recent),
-            # where the stream goes on: shards window·SHUFFLE_SHARDS.. shuffled, from `offset`
-            "position": {"epoch": epoch, "shard": window * SHUFFLE_SHARDS, "offset": offset}}
+            # where the stream goes on: stripe `window` of every shard, shuffled, from `offset`
+            "position": {"epoch": epoch, "window": window, "offset": offset}}
     # The weights carry their step, so a crash between the two renames is detected on resume.
     _write_atomic(out_dir / "checkpoint.safetensors",
                   lambda f: save_file({k: v.contiguous() for k, v in tensors.items()}, str(f), {"step": str(step)}))
@@ -336,27 +332,44 @@ def _shard_sizes(shards: list[Path]) -> tuple[list[int], int]:
     return [s[0] for s in shapes], shapes[0][1]
 
 
+def _stripes(sizes: list[int]) -> list[list[tuple[int, int]]]:
+    """Shuffle windows as (lo, hi) row ranges, one per shard: window w is the w-th of
+    ceil(len(sizes) / SHUFFLE_SHARDS) equal stripes of every shard.
+
+    Every window mixes all shards. A harvest's stream can drift (one text source running out
+    before the others); windows of consecutive shards then held one source for a million tokens,
+    long enough for the latents of the others to look dead and be pulled away by AuxK.
+    """
+    n = math.ceil(len(sizes) / SHUFFLE_SHARDS)
+    return [[(size * w // n, size * (w + 1) // n) for size in sizes] for w in range(n)]
+
+
 def _position(tokens: int, sizes: list[int]) -> tuple[int, int, int]:
     """Stream position -> (epoch, shuffle window, token offset inside that shuffled window)."""
-    starts = [sum(sizes[:i]) for i in range(0, len(sizes), SHUFFLE_SHARDS)]
+    lengths = [sum(hi - lo for lo, hi in stripe) for stripe in _stripes(sizes)]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
     epoch, t = divmod(tokens, sum(sizes))
     window = bisect_right(starts, t) - 1
     return epoch, window, t - starts[window]
 
 
+def _read_rows(shard: Path, lo: int, hi: int) -> Tensor:
+    with safe_open(shard, "pt") as f:
+        return f.get_slice("acts")[lo:hi]
+
+
 def _batches(shards: list[Path], sizes: list[int], batch: int, seed: int, tokens: int) -> Iterator[Tensor]:
     """(batch, d_in) float16 batches of the token stream from position `tokens` on.
 
-    The stream: windows of SHUFFLE_SHARDS consecutive shards (of the list given), each permuted by a generator seeded
-    with (seed, epoch, window), epoch after epoch. Being a pure function of the position, it
-    restarts exactly where a checkpoint left it.
+    The stream: the windows of `_stripes`, each permuted by a generator seeded with
+    (seed, epoch, window), epoch after epoch. Being a pure function of the position, it restarts
+    exactly where a checkpoint left it.
     """
     epoch, window, offset = _position(tokens, sizes)
-    n_windows = math.ceil(len(shards) / SHUFFLE_SHARDS)
+    stripes = _stripes(sizes)
     carry = torch.empty(0, 0, dtype=torch.float16)  # the part of a batch that spans two windows
     while True:
-        lo = window * SHUFFLE_SHARDS
-        x = torch.cat([load_file(s)["acts"] for s in shards[lo : lo + SHUFFLE_SHARDS]])  # (N, d_in)
+        x = torch.cat([_read_rows(s, lo, hi) for s, (lo, hi) in zip(shards, stripes[window])])  # (N, d_in)
         perm = torch.from_numpy(np.random.default_rng([seed, epoch, window]).permutation(len(x)))
         while offset < len(x):
             take = perm[offset : offset + batch - len(carry)]
@@ -366,5 +379,5 @@ def _batches(shards: list[Path], sizes: list[int], batch: int, seed: int, tokens
                 yield carry
                 carry = carry[:0]
         offset, window = 0, window + 1
-        if window == n_windows:
+        if window == len(stripes):
             epoch, window = epoch + 1, 0

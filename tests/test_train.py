@@ -182,7 +182,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(data, tmp_path, m
         train(data[0], cfg, tmp_path / "split", progress=False)
     meta = json.loads((tmp_path / "split" / "checkpoint.json").read_text())
     assert (meta["step"], meta["tokens"]) == (50, 4800)
-    assert meta["position"] == {"epoch": 0, "shard": 0, "offset": 4800}
+    assert meta["position"] == {"epoch": 0, "window": 0, "offset": 4800}
     monkeypatch.setattr(train_mod, "_save_checkpoint", save)
     monkeypatch.setattr(train_mod, "_fresh_state", lambda *a: pytest.fail("started over instead of resuming"))
     resumed = train(data[0], cfg, tmp_path / "split", progress=False)
@@ -227,12 +227,15 @@ def test_finished_run_resumes_to_itself_and_other_cfg_is_refused(data, trained, 
     assert train(data[0], small, copy, resume=False, progress=False).steps == 2
 
 
-def test_training_visits_shards_in_a_seeded_random_order(data, tmp_path):
-    # A harvest whose sources ran out one by one must not be trained on in order.
-    shards = data[0]
-    train(shards, dataclasses.replace(CFG, total_tokens=256), tmp_path, progress=False)
-    order = [name for name, _ in json.loads((tmp_path / "checkpoint.json").read_text())["shards"]]
-    assert sorted(order) == sorted(s.name for s in shards) and order != [s.name for s in shards]
+def test_every_shuffle_window_mixes_all_shards(tmp_path):
+    # A harvest whose sources ran out one by one (shard i: source i) must not be trained on one
+    # source at a time: latents of the others would look dead and AuxK would pull them away.
+    n_shards, per = 2 * train_mod.SHUFFLE_SHARDS, 64
+    source = torch.arange(n_shards, dtype=torch.float32).repeat_interleave(per)[:, None].repeat(1, 2)
+    shards = write_shards(tmp_path, source, shard=per)
+    stream = train_mod._batches(shards, [per] * n_shards, 32, 0, 0)
+    for _ in range(per * n_shards // 32 // 2):  # the first of the two windows
+        assert len(set(next(stream)[:, 0].long().tolist())) > n_shards // 2
 
 
 def test_progress_bar_shows_speed_fvu_and_dead_fraction(data, tmp_path, capsys):
@@ -244,7 +247,7 @@ def test_progress_bar_shows_speed_fvu_and_dead_fraction(data, tmp_path, capsys):
 def test_batches_shuffle_within_windows_and_cover_each_epoch(tmp_path):
     # Token i carries its index, so batches show where they came from.
     w = train_mod.SHUFFLE_SHARDS
-    n, batch = (w + 1) * 100, 64  # one full window of shards and one of a single shard (n < 2048: fp16-exact)
+    n, batch = (w + 1) * 100, 64  # 9 shards: two windows, each a stripe of 50 rows of every shard
     idx = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 2)
     shards = write_shards(tmp_path, idx, shard=100)
     sizes = [100] * (w + 1)
@@ -253,7 +256,8 @@ def test_batches_shuffle_within_windows_and_cover_each_epoch(tmp_path):
     first, second = seen[:n], seen[n:]
     assert sorted(first.tolist()) == list(range(n))  # each token once per epoch
     assert not torch.equal(first[: len(second)], second)  # a new order each epoch
-    assert int(first[:w * 100].max()) < w * 100 and int(first[w * 100:].min()) >= w * 100  # by window
+    assert set((first[: n // 2] % 100).tolist()) == set(range(50))  # window 0: rows 0..49 of each shard
+    assert set((first[: n // 2] // 100).tolist()) == set(range(w + 1))
     gaps = first[:batch].sort().values.diff()
     assert float(gaps.float().mean()) > 4  # a batch is spread over the window, not a contiguous run
     # The stream restarted at any position continues identically.
