@@ -214,7 +214,7 @@ def cmd_curate(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
-    from features.curate import accepted, load_concepts, run
+    from features.curate import accepted, load_concepts, run, spec_toml
 
     concepts = load_concepts(Path(args.concepts))
     engine = load(args.model, args.dictionary, args.layer)
@@ -231,6 +231,9 @@ def cmd_curate(args) -> None:
         updated[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
                                 extra=f.extra | {"terms": p["terms"], "category": p["category"]})
     print(f"marked {len(picks)} features curated; wrote {_save_with(catalog, folder, updated)}")
+    if args.spec:
+        Path(args.spec).write_text(spec_toml(picks, {i: f.label for i, f in updated.items()}))
+        print(f"wrote {args.spec}: {2 * len(picks)} cases (python -m chat check {args.spec})")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -304,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="proposals, JSON lines (a run resumes from it)")
     p.add_argument("--write", action="store_true", help="mark the proposals curated in features.json")
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
+    p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)

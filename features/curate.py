@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 from chat import metrics
-from features.calibrate import NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
+from features.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
 from features.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
@@ -132,3 +132,22 @@ def accepted(proposals: Sequence[dict], reject: Sequence[str] = ()) -> list[dict
         taken.add(p["chosen"])
         keep.append(p)
     return keep
+
+
+def spec_toml(picks: Sequence[dict], labels: dict[int, str]) -> str:
+    """A `python -m chat check` spec for accepted proposals: per feature, one add and one clamp
+    case at the low end of its band, on the prompts the bands were measured on, so CI notices when
+    a model or dictionary change breaks a curated feature. `labels`: feature id -> its label (the
+    cases name features by label, so they also check that search finds them)."""
+    lines = ["# Steering tests for curated features, written by `python -m features curate --write --spec`.",
+             "# Strengths: the low end of each feature's measured band (features.json \"strengths\");",
+             "# prompts: the neutral prompts the bands were measured on; greedy decoding.", "",
+             f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}", ""]
+    for p in picks:
+        for mode, verb in (("add", "amplified"), ("clamp", "clamped")):
+            name = f"{p['name']}, {verb}"
+            lines += ["[[case]]", f"name = {json.dumps(name)}",
+                      f"feature = {json.dumps(labels[p['chosen']])}", f'mode = "{mode}"',
+                      f"strength = {p[mode][0]}", f"terms = {json.dumps(p['terms'])}",
+                      "min_concept_rate = 0.5", f"max_fluency_cost = {MAX_COST}", ""]
+    return "\n".join(lines)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from chat.check import load_spec
 from features.corpus import documents, is_heldout, pack, pieces, split_pieces
 from features.dictionary import Dictionary
 from features.evaluate import evaluate
@@ -216,7 +217,10 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     (tmp_path / "p.jsonl").write_text(json.dumps({"name": "rainy dogs", "category": "x", "terms": ["rain"],
                                                   "chosen": live.id, "add": [1, 2], "clamp": [1, 1]}) + "\n")
     assert main(["curate", "--dictionary", str(folder), "--concepts", str(tmp_path / "c.toml"),
-                 "--out", str(tmp_path / "p.jsonl"), "--write", *model]) == 0
+                 "--out", str(tmp_path / "p.jsonl"), "--write", "--spec", str(tmp_path / "s.toml"), *model]) == 0
+    spec = load_spec(tmp_path / "s.toml")  # one add and one clamp case, at the low end of each band
+    assert [(c.feature, c.mode, c.strength, c.terms) for c in spec.cases] == [
+        ("rainy dogs", "add", 1.0, ("rain",)), ("rainy dogs", "clamp", 1.0, ("rain",))]
     after = Catalog.load(folder, 48)
     assert after[live.id].curated and after[live.id].label == "rainy dogs"
     assert after[live.id].strengths == {"add": [1, 2], "clamp": [1, 1]} and after[3].label == "my curated name"
