@@ -1,7 +1,8 @@
-"""`python -m features harvest | train | label | evaluate`: learn a dictionary for a model, and measure it.
+"""`python -m features harvest | train | prune | label | evaluate | ...`: learn a dictionary for a model, and measure it.
 
     python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
+    python -m features prune --dictionary runs/l9-sae/dictionary --shards runs/l9 --out runs/l9-pruned
     python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
     python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
     python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
@@ -90,6 +91,29 @@ def cmd_train(args) -> None:
     folder = formats.save(result.dictionary, Path(args.out) / "dictionary", model_name=manifest["model"])
     print(f"trained {result.steps} steps on {result.tokens} tokens: FVU {result.fvu:.3f}, "
           f"dead {result.dead_fraction:.1%}; saved to {folder}")
+
+
+def cmd_prune(args) -> None:
+    from features import formats
+    from features.catalog import Catalog
+    from features.prune import fire_counts, prune, renumber
+
+    d, folder = formats.load(args.dictionary)
+    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
+    counts = fire_counts(d, [Path(args.shards) / s["file"] for s in manifest["shards"]], args.tokens)
+    print(f"fired at least n times on {counts.tokens:,} training tokens (and expected dead on "
+          f"{args.heldout_tokens:,} fresh tokens):")
+    for n in sorted({1, 2, 5, 10, 20, 50, args.min_count}):
+        keep = counts.counts >= n
+        print(f"  n = {n:<3} {int(keep.sum()):>6} latents  {counts.expected_dead(keep, args.heldout_tokens):.2%}")
+    keep = counts.counts >= args.min_count
+    model_name = d.cfg.get("metadata", {}).get("model_name")
+    out = formats.save(prune(d, keep), Path(args.out), model_name=model_name, extra_cfg={"pruned": {
+        "from_d_sae": d.d_sae, "min_count": args.min_count, "counted_tokens": counts.tokens}})
+    catalog = Catalog.load(folder, d.d_sae)
+    if any(f.has_info() for f in catalog):
+        renumber(catalog, keep).save(out)
+    print(f"kept {int(keep.sum())} of {d.d_sae} latents; saved to {out}")
 
 
 def cmd_evaluate(args) -> None:
@@ -309,6 +333,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 
+    p = sub.add_parser("prune", help="drop latents that (almost) never fire on the training activations")
+    p.add_argument("--dictionary", required=True, help="a local dictionary folder (its features.json is renumbered)")
+    p.add_argument("--shards", required=True, help="the harvest it was trained on")
+    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens to count on")
+    p.add_argument("--min-count", type=int, default=10, help="keep latents firing at least this often")
+    p.add_argument("--heldout-tokens", type=int, default=367_000, help="for the expected-dead estimate")
+    p.add_argument("--out", required=True)
+
     p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
@@ -328,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
          "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate,
-         "evaluate": cmd_evaluate}[args.command](args)
+         "prune": cmd_prune, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):
             raise
