@@ -3,11 +3,12 @@ measured add and clamp bands, for a person to review before it is marked curated
 
 For a concept (name, category, terms):
 1. candidates: the features whose decoder directions best raise the terms' log-probability
-   (`features.writers`, a gradient), plus the features that fire hardest on the terms
-   themselves, ranked by their measured lift when added at 2x;
-2. the best CANDIDATES of them by lift are swept (add: 1, 2, 3 x max activation; a sweep stops
-   at the first failing strength after a passing one, since bands are contiguous) on the
-   neutral prompts; the first with an add band is kept and swept in clamp mode too.
+   (`features.writers`, a gradient), plus the features whose labels name the terms (readers),
+   ranked by their measured lift when added at 2x;
+2. the best CANDIDATES of them by lift, then the first CANDIDATES readers, are swept (add: 1,
+   2, 3 x max activation; a sweep stops at the first failing strength after a passing one, since
+   bands are contiguous) on the neutral prompts; the first with an add band is kept and swept
+   in clamp mode too.
 
 A strength passes when at least half the replies, and a quarter more than unsteered, mention a
 term and the fluency cost stays <= `features.calibrate.MAX_COST`. Results go to a JSON-lines
@@ -64,9 +65,11 @@ def by_category_in_turn(concepts: Sequence[Concept]) -> list[Concept]:
 
 
 def _readers(engine, terms: Sequence[str], n: int = 6) -> list[int]:
-    """Features firing hardest (relative to their max) on the terms themselves."""
-    acts = engine.encode(", ".join(terms) + ". " + " ".join(terms)).acts.float()  # (T, F)
-    return (acts.max(0).values / engine.max_acts).topk(n).indices.tolist()
+    """Features whose labels name the terms (what `python -m chat search` finds), term by term."""
+    found: list[int] = []
+    for term in terms:
+        found += [f.id for f in engine.catalog.search(term, top=2) if f.id not in found]
+    return found[:n]
 
 
 def _points(points: Sequence[SweepPoint]) -> list[list]:
@@ -88,16 +91,19 @@ def propose(engine, concept: Concept, baseline) -> dict:
                 break
         return points
 
-    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2],
-                           also=_readers(engine, concept.terms))
+    readers = _readers(engine, concept.terms)
+    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2], also=readers)
     out = {"name": concept.name, "category": concept.category, "terms": list(concept.terms),
            "plain_rate": plain_rate, "writers": [w._asdict() for w in writers[:6]], "tried": []}
-    for w in [w for w in writers if w.lift > MIN_LIFT][:CANDIDATES]:
-        add = sweep_up(w.feature, "add")
-        out["tried"].append({"feature": w.feature, "label": engine.catalog.label(w.feature), "add": _points(add)})
+    # Lift at one strength on two prompts misses writers that need a stronger push, so the
+    # features that read the terms hardest get swept too.
+    by_lift = [w.feature for w in writers if w.lift > MIN_LIFT][:CANDIDATES]
+    for fid in by_lift + [r for r in readers[:CANDIDATES] if r not in by_lift]:
+        add = sweep_up(fid, "add")
+        out["tried"].append({"feature": fid, "label": engine.catalog.label(fid), "add": _points(add)})
         if add_band := band(add, need):
-            clamp = sweep_up(w.feature, "clamp")
-            out |= {"chosen": w.feature, "add": add_band, "clamp": band(clamp, need), "clamp_sweep": _points(clamp)}
+            clamp = sweep_up(fid, "clamp")
+            out |= {"chosen": fid, "add": add_band, "clamp": band(clamp, need), "clamp_sweep": _points(clamp)}
             break
     return out
 
