@@ -237,11 +237,15 @@ def cmd_curate(args) -> None:
     from dataclasses import replace
 
     from chat.engine import load
+    from features import formats
     from features.catalog import Catalog
-    from features.curate import accepted, load_concepts, run, spec_toml
+    from features.curate import accepted, carried_over, load_concepts, run, spec_toml
 
     concepts = load_concepts(Path(args.concepts))
     engine = load(args.model, args.dictionary, args.layer)
+    if args.carry_from:  # first: their candidates are known, so they go fast
+        old, old_folder = formats.load(args.carry_from)
+        run(engine, carried_over(old, Catalog.load(old_folder, old.d_sae), engine.dictionary), Path(args.out))
     proposals = run(engine, concepts, Path(args.out))
     if not args.write:
         return
@@ -329,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int)
     p.add_argument("--concepts", required=True, help="TOML with [[concept]] name, category, terms")
     p.add_argument("--out", required=True, help="proposals, JSON lines (a run resumes from it)")
+    p.add_argument("--carry-from", help="an older dictionary of the same model and layer: its curated features "
+                   "become concepts first, tried on their nearest new features")
     p.add_argument("--write", action="store_true", help="mark the proposals curated in features.json")
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")

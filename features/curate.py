@@ -28,6 +28,8 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
+import torch.nn.functional as F
+
 from chat import metrics
 from features.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
 from features.writers import find_writers
@@ -43,6 +45,7 @@ class Concept(NamedTuple):
     name: str  # becomes the curated label: what the feature writes
     category: str
     terms: tuple[str, ...]
+    candidates: tuple[int, ...] = ()  # features to sweep before searching (see carried_over)
 
 
 def load_concepts(path: Path) -> list[Concept]:
@@ -91,21 +94,44 @@ def propose(engine, concept: Concept, baseline) -> dict:
                 break
         return points
 
-    readers = _readers(engine, concept.terms)
-    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2], also=readers)
     out = {"name": concept.name, "category": concept.category, "terms": list(concept.terms),
-           "plain_rate": plain_rate, "writers": [w._asdict() for w in writers[:6]], "tried": []}
-    # Lift at one strength on two prompts misses writers that need a stronger push, so the
-    # features that read the terms hardest get swept too.
-    by_lift = [w.feature for w in writers if w.lift > MIN_LIFT][:CANDIDATES]
-    for fid in by_lift + [r for r in readers[:CANDIDATES] if r not in by_lift]:
+           "plain_rate": plain_rate, "tried": []}
+
+    def accept(fid: int) -> bool:
         add = sweep_up(fid, "add")
         out["tried"].append({"feature": fid, "label": engine.catalog.label(fid), "add": _points(add)})
         if add_band := band(add, need):
             clamp = sweep_up(fid, "clamp")
-            out |= {"chosen": fid, "add": add_band, "clamp": band(clamp, need), "clamp_sweep": _points(clamp)}
-            break
+            out.update(chosen=fid, add=add_band, clamp=band(clamp, need), clamp_sweep=_points(clamp))
+        return bool(add_band)
+
+    if any(accept(fid) for fid in concept.candidates):
+        return out
+    readers = _readers(engine, concept.terms)
+    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2], also=readers)
+    out["writers"] = [w._asdict() for w in writers[:6]]
+    # Lift at one strength on two prompts misses writers that need a stronger push, so the
+    # features whose labels name the terms get swept too.
+    by_lift = [w.feature for w in writers if w.lift > MIN_LIFT][:CANDIDATES]
+    rest = [f for f in by_lift + [r for r in readers[:CANDIDATES] if r not in by_lift] if f not in concept.candidates]
+    any(accept(fid) for fid in rest)
     return out
+
+
+def carried_over(old, old_catalog, new, top: int = 2) -> list[Concept]:
+    """The curated features (with terms) of an older dictionary of the same model and layer, as
+    concepts whose first candidates are the `top` features of `new` with the nearest decoder
+    directions: a retrained dictionary mostly relearns the same directions (cosine 0.6-0.9), so
+    this finds in seconds what the search takes minutes to."""
+    if old.d_in != new.d_in:
+        raise ValueError(f"the dictionaries read different widths ({old.d_in} and {new.d_in}): not the same model")
+    curated = [f for f in old_catalog if f.curated and f.extra.get("terms")]
+    if not curated:
+        return []
+    w_old = F.normalize(old.W_dec[[f.id for f in curated]].float(), dim=1)  # (n, d_in)
+    near = (w_old @ F.normalize(new.W_dec.float(), dim=1).T).topk(top, dim=1).indices  # (n, top)
+    return [Concept(f.label, str(f.extra.get("category", "carried over")), tuple(f.extra["terms"]), tuple(ids))
+            for f, ids in zip(curated, near.tolist())]
 
 
 def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[dict]:

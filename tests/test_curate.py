@@ -61,3 +61,29 @@ def test_run_proposes_each_concept_once_and_resumes(tiny_lm, tmp_path, monkeypat
     again = curate.run(engine, concepts + [curate.Concept("sun", "weather", ("sun",))], out, progress=lambda line: None)
     assert [r["name"] for r in again] == ["bridges", "rain", "sun"]  # only "sun" was new
     assert json.loads(out.read_text().splitlines()[0]) == rows[0]
+
+
+def test_carried_over_concepts_start_from_the_nearest_new_features():
+    old = Dictionary.random(16, 32, seed=0)
+    perm = torch.randperm(32, generator=torch.Generator().manual_seed(1))
+    new = Dictionary.random(16, 32, seed=2)
+    new.W_dec[:] = old.W_dec[perm] + 0.05 * new.W_dec  # retrained: the same directions, shuffled and noisy
+    catalog = Catalog(32, {3: Feature(3, "cats", curated=True, extra={"terms": ["cat"], "category": "animals"}),
+                           4: Feature(4, "no terms", curated=True), 5: Feature(5, "auto label")})
+    [concept] = curate.carried_over(old, catalog, new)
+    assert concept[:3] == ("cats", "animals", ("cat",))
+    assert concept.candidates[0] == perm.tolist().index(3)
+    with pytest.raises(ValueError, match="different widths"):
+        curate.carried_over(old, catalog, Dictionary.random(8, 32))
+
+
+def test_a_passing_candidate_skips_the_search(tiny_lm, monkeypatch):
+    d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
+    engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")
+    monkeypatch.setattr(curate, "find_writers", lambda *a, **k: pytest.fail("searched despite a passing candidate"))
+    monkeypatch.setattr(curate, "band", lambda points, need: [1.0, 1.0])
+    monkeypatch.setattr(curate, "STRENGTHS", (1.0,))
+    monkeypatch.setattr(curate, "MAX_NEW_TOKENS", 2)
+    baseline = curate.unsteered(engine, curate.PROMPTS, 2)
+    row = curate.propose(engine, curate.Concept("x", "c", ("bridge",), (7, 9)), baseline)
+    assert row["chosen"] == 7 and [t["feature"] for t in row["tried"]] == [7]
