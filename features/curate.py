@@ -45,7 +45,7 @@ class Concept(NamedTuple):
     name: str  # becomes the curated label: what the feature writes
     category: str
     terms: tuple[str, ...]
-    candidates: tuple[int, ...] = ()  # features to sweep before searching (see carried_over)
+    candidates: tuple[int, ...] = ()  # when given, the features swept instead of searching (see carried_over)
 
 
 def load_concepts(path: Path) -> list[Concept]:
@@ -105,7 +105,8 @@ def propose(engine, concept: Concept, baseline) -> dict:
             out.update(chosen=fid, add=add_band, clamp=band(clamp, need), clamp_sweep=_points(clamp))
         return bool(add_band)
 
-    if any(accept(fid) for fid in concept.candidates):
+    if concept.candidates:  # known directions to check, not a search
+        any(accept(fid) for fid in concept.candidates)
         return out
     readers = _readers(engine, concept.terms)
     writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2], also=readers)

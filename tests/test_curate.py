@@ -77,13 +77,16 @@ def test_carried_over_concepts_start_from_the_nearest_new_features():
         curate.carried_over(old, catalog, Dictionary.random(8, 32))
 
 
-def test_a_passing_candidate_skips_the_search(tiny_lm, monkeypatch):
+def test_given_candidates_replace_the_search(tiny_lm, monkeypatch):
     d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
     engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")
-    monkeypatch.setattr(curate, "find_writers", lambda *a, **k: pytest.fail("searched despite a passing candidate"))
+    monkeypatch.setattr(curate, "find_writers", lambda *a, **k: pytest.fail("searched despite given candidates"))
     monkeypatch.setattr(curate, "band", lambda points, need: [1.0, 1.0])
     monkeypatch.setattr(curate, "STRENGTHS", (1.0,))
     monkeypatch.setattr(curate, "MAX_NEW_TOKENS", 2)
     baseline = curate.unsteered(engine, curate.PROMPTS, 2)
     row = curate.propose(engine, curate.Concept("x", "c", ("bridge",), (7, 9)), baseline)
     assert row["chosen"] == 7 and [t["feature"] for t in row["tried"]] == [7]
+    monkeypatch.setattr(curate, "band", lambda points, need: None)
+    row = curate.propose(engine, curate.Concept("x", "c", ("bridge",), (7, 9)), baseline)
+    assert "chosen" not in row and [t["feature"] for t in row["tried"]] == [7, 9]
