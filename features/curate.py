@@ -5,7 +5,7 @@ For a concept (name, category, terms):
 1. candidates: the features whose decoder directions best raise the terms' log-probability
    (`features.writers`, a gradient), plus the features whose labels name the terms (readers),
    ranked by their measured lift when added at 2x;
-2. the best CANDIDATES of them by lift, then the first CANDIDATES readers, are swept (add: 1,
+2. the best CANDIDATES of them by lift, then the first CANDIDATES readers, are swept (add: 0.5, 1,
    2, 3 x max activation; a sweep stops at the first failing strength after a passing one, since
    bands are contiguous) on the neutral prompts; the first with an add band is kept and swept
    in clamp mode too.
@@ -36,7 +36,7 @@ from features.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
 MAX_NEW_TOKENS = 20
-STRENGTHS = (1.0, 2.0, 3.0)
+STRENGTHS = (0.5, 1.0, 2.0, 3.0)
 CANDIDATES = 2  # candidates swept per concept, best lift first
 MIN_LIFT = 0.002  # below this a candidate does not move the terms' probability at all
 
