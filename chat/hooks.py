@@ -86,12 +86,14 @@ class _LayerHooks:
         self.seen = 0  # positions processed by earlier forward passes of this call
         self.ids: Tensor | None = None  # (B, T) token ids of the current forward pass
 
-    def on_embed(self, module, args, kwargs):
+    # kwargs may be missing: torch registers a with_kwargs hook in two steps, and a forward in
+    # another thread between them calls it with args only (seen once in the soak test).
+    def on_embed(self, module, args, kwargs=None):
         if threading.get_ident() != self.owner:
             return None
         if self.ids is not None:
             self.seen += self.ids.shape[-1]
-        ids = args[0] if args else kwargs.get("input_ids")
+        ids = args[0] if args else (kwargs or {}).get("input_ids")
         self.ids = ids if isinstance(ids, Tensor) else None
         return None
 
