@@ -8,6 +8,7 @@
     python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
     python -m features writers --dictionary runs/l9-sae/dictionary --terms winter,snow  # who writes a concept?
     python -m features curate --dictionary runs/l9-sae/dictionary --concepts assets/concepts.toml --out p.jsonl
+    python -m features discover --dictionary runs/l9-sae/dictionary --out writes.jsonl  # what does each feature say?
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
@@ -35,9 +36,12 @@ DEFAULT_TEXT = (
 )
 
 
-def _text_paths(given: list[str] | None) -> list[Path]:
-    paths = [Path(p) for p in (given or DEFAULT_TEXT)]
-    missing = [str(p) for p in paths if not p.exists()]
+def _text_paths(given: list[str] | None) -> list:
+    """Local files and folders as Paths; hub datasets (hf://datasets/...) as they are."""
+    from features.corpus import is_hub
+
+    paths = [p if is_hub(str(p)) else Path(p) for p in (given or DEFAULT_TEXT)]
+    missing = [str(p) for p in paths if isinstance(p, Path) and not p.exists()]
     if missing:
         raise ValueError(f"text not found: {', '.join(missing)} (install the Debian packages, or pass --text)")
     return paths
@@ -55,11 +59,20 @@ def _save_with(catalog, folder: Path, updated: dict) -> Path:
     return Catalog(catalog.d_sae, {f.id: f for f in catalog if f.has_info()} | updated).save(folder)
 
 
+def _harvest(folder: str) -> tuple[dict, list[Path]]:
+    """A harvest folder's manifest and its shard files, in order."""
+    manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    return manifest, [Path(folder) / s["file"] for s in manifest["shards"]]
+
+
 def _sequences(lm, args, heldout: bool):
     from features.corpus import mixed_pieces, pack
 
-    pieces = mixed_pieces(_text_paths(args.text), heldout=heldout)
-    if heldout:
+    from features.corpus import is_hub
+
+    sources = _text_paths(args.text)
+    pieces = mixed_pieces(sources, heldout=heldout)
+    if heldout and not any(map(is_hub, sources)):  # a hub dataset's held-out part is streamed, not gathered
         # Held-out text is small (~2%): shuffle all of it, so the first N tokens sample every
         # part of every source rather than the start of each file.
         pieces = list(pieces)
@@ -81,8 +94,7 @@ def cmd_train(args) -> None:
     from features import formats
     from features.train import TrainConfig, train
 
-    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
-    shards = [Path(args.shards) / s["file"] for s in manifest["shards"]]
+    manifest, shards = _harvest(args.shards)
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
                       batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
                       dead_after_tokens=args.dead_after_tokens,
@@ -99,8 +111,7 @@ def cmd_prune(args) -> None:
     from features.prune import fire_counts, prune, renumber
 
     d, folder = formats.load(args.dictionary)
-    manifest = json.loads((Path(args.shards) / "manifest.json").read_text())
-    counts = fire_counts(d, [Path(args.shards) / s["file"] for s in manifest["shards"]], args.tokens)
+    counts = fire_counts(d, _harvest(args.shards)[1], args.tokens)
     print(f"fired at least n times on {counts.tokens:,} training tokens (and expected dead on "
           f"{args.heldout_tokens:,} fresh tokens):")
     for n in sorted({1, 2, 5, 10, 20, 50, args.min_count}):
@@ -239,10 +250,16 @@ def cmd_curate(args) -> None:
     from chat.engine import load
     from features import formats
     from features.catalog import Catalog
-    from features.curate import accepted, carried_over, load_concepts, run, spec_toml
+    from features.curate import accepted, carried_over, covered, load_concepts, run, spec_toml
 
     concepts = load_concepts(Path(args.concepts))
     engine = load(args.model, args.dictionary, args.layer)
+    # Re-proposing what is curated would only re-measure it; a new proposal for a curated
+    # feature would overwrite a person's label.
+    done = covered(concepts, engine.catalog)
+    if done:
+        print(f"skipping {len(done)} concepts a curated feature already writes: {', '.join(c.name for c in done)}")
+        concepts = [c for c in concepts if c not in done]
     if args.carry_from:  # first: their candidates are known, so they go fast
         old, old_folder = formats.load(args.carry_from)
         run(engine, carried_over(old, Catalog.load(old_folder, old.d_sae), engine.dictionary), Path(args.out))
@@ -250,18 +267,40 @@ def cmd_curate(args) -> None:
     if not args.write:
         return
     reject = [r.strip() for r in (args.reject or "").split("|") if r.strip()]
-    picks = accepted(proposals, reject)
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
+    picks = accepted(proposals, reject, taken=[f.id for f in catalog if f.curated])
     updated = {}
     for p in picks:
         f = catalog[p["chosen"]]
         updated[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
                                 extra=f.extra | {"terms": p["terms"], "category": p["category"]})
     print(f"marked {len(picks)} features curated; wrote {_save_with(catalog, folder, updated)}")
-    if args.spec:
-        Path(args.spec).write_text(spec_toml(picks, {i: f.label for i, f in updated.items()}))
-        print(f"wrote {args.spec}: {2 * len(picks)} cases (python -m chat check {args.spec})")
+    if args.spec:  # an existing spec keeps its cases (the features curated before) and gets these
+        spec, labels = Path(args.spec), {i: f.label for i, f in updated.items()}
+        old = spec.read_text().rstrip() + "\n\n" if spec.exists() else ""
+        spec.write_text(old + spec_toml(picks, labels, header=not old))
+        print(f"{'added' if old else 'wrote'} {2 * len(picks)} cases to {spec} (python -m chat check {spec})")
+
+
+def cmd_discover(args) -> None:
+    from chat.engine import load
+    from features.discover import discover
+
+    engine = load(args.model, args.dictionary, args.layer)
+    live = [f.id for f in engine.catalog if f.max_activation is not None and f.density]
+    live = live[:args.limit] if args.limit else live
+    rows = discover(engine, live, Path(args.out), strength=args.strength, new_tokens=args.new_tokens)
+    writers = [r for r in rows if r.words]
+    print(f"{len(writers):,} of {len(rows):,} features make replies say a word that unsteered replies do not "
+          f"(on at least 2 of the prompts); results in {args.out}")
+    if args.write:
+        from features.catalog import Catalog
+        from features.discover import with_writes
+
+        folder = Path(args.dictionary)
+        catalog = Catalog.load(folder, engine.dictionary.d_sae)
+        print(f"wrote {_save_with(catalog, folder, {r.feature: with_writes(catalog[r.feature], r) for r in rows})}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -271,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     def text_args(p):
         p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-        p.add_argument("--text", action="append", help="text file or folder (repeatable; default: Debian text)")
+        p.add_argument("--text", action="append", help="text file or folder, or a hub dataset hf://datasets/owner/name "
+                       "(repeatable; default: Debian text)")
         p.add_argument("--seq-len", type=int, default=256)
 
     p = sub.add_parser("harvest", help="residual activations at one layer -> shards on disk")
@@ -339,6 +379,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 
+    p = sub.add_parser("discover", help="what does each feature make the model say when amplified?")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--dictionary", help="local folder or hub ref (default: the embedded dictionary)")
+    p.add_argument("--layer", type=int)
+    p.add_argument("--out", required=True, help="results, JSON lines (a run resumes from it)")
+    p.add_argument("--strength", type=float, default=3.0, help="add-mode strength, multiples of max activation")
+    p.add_argument("--new-tokens", type=int, default=10)
+    p.add_argument("--limit", type=int, help="only the first N live features (a quick look)")
+    p.add_argument("--write", action="store_true", help="store the words in features.json and use them as the "
+                   "'writes' side of automatic labels (--dictionary must be a local folder)")
+
     p = sub.add_parser("prune", help="drop latents that (almost) never fire on the training activations")
     p.add_argument("--dictionary", required=True, help="a local dictionary folder (its features.json is renumbered)")
     p.add_argument("--shards", required=True, help="the harvest it was trained on")
@@ -365,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
-         "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate,
+         "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate, "discover": cmd_discover,
          "prune": cmd_prune, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):

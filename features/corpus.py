@@ -2,7 +2,9 @@
 
 Readers know the offline sources we use (Debian text packages): plain text (also .gz), HTML,
 GNU info, WordNet data files (one "word: gloss" line per concept), fortune files and the King
-James Bible (bible-kjv-text ships it compressed; its `bible` program prints it). Every
+James Bible (bible-kjv-text ships it compressed; its `bible` program prints it). A source may
+also be a Hugging Face dataset, `hf://datasets/owner/name[/folder]`, streamed file by file
+(`hub_documents`) where the hub is reachable. Every
 document is cut into pieces of about `PIECE_CHARS` at paragraph breaks; each piece goes to
 train or held-out by a hash of its text, so the split is stable and never mixes.
 
@@ -13,17 +15,75 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
+import json
 import random
 import html.parser
 import re
 import subprocess
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Union
 
 PIECE_CHARS = 4000
 # 4% leaves ~367k held-out tokens of the default corpus, enough to tell a rare latent from a dead
 # one (at 2%, 173k tokens, a latent firing once in 40k tokens had a 1-in-75 chance of looking dead).
 HELDOUT_PERCENT = 4
+HUB = "hf://"
+HUB_DATA = (".jsonl", ".jsonl.gz", ".json", ".txt", ".txt.gz", ".parquet")
+Source = Union[Path, str]  # a local file or folder, or a hub dataset (a str starting with HUB)
+
+
+def is_hub(source: Source) -> bool:
+    return isinstance(source, str) and source.startswith(HUB)
+
+
+def hub_documents(ref: str, column: str = "text", fs=None) -> Iterator[str]:
+    """The documents of a Hugging Face dataset, `hf://datasets/owner/name[/folder]`: its data
+    files in sorted order, each read as a stream over HTTP (huggingface_hub's HfFileSystem), so
+    a harvest of N tokens reads about N tokens' worth, never the whole dataset. JSON lines and
+    JSON arrays give their `column` field, .txt files their text, Parquet files their `column`
+    (needs pyarrow). `fs`: any fsspec filesystem holding the same layout (the tests' local one)."""
+    if fs is None:
+        from huggingface_hub import HfFileSystem  # late: only hub sources need it
+
+        fs = HfFileSystem()
+    root = ref.removeprefix(HUB).rstrip("/")
+    try:
+        files = sorted(f for f in fs.find(root) if f.endswith(HUB_DATA))
+    except Exception as e:  # offline, a missing or gated repo: what the hub said, in one line
+        raise ValueError(f"{ref}: cannot list the dataset's files ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+    if not files:
+        raise ValueError(f"{ref}: no data files ({', '.join(HUB_DATA)}) in the dataset")
+    for name in files:
+        with fs.open(name, "rb") as raw:
+            stream = gzip.open(raw) if name.endswith(".gz") else raw
+            if name.endswith(".parquet"):
+                yield from _parquet_texts(stream, column, name)
+                continue
+            text = io.TextIOWrapper(stream, encoding="utf-8", errors="replace")
+            if name.endswith((".txt", ".txt.gz")):
+                yield text.read()
+            elif name.endswith(".json"):
+                rows = json.load(text)
+                yield from _texts(rows if isinstance(rows, list) else [], column)
+            else:
+                yield from _texts((json.loads(line) for line in text if line.strip()), column)
+
+
+def _texts(rows: Iterable, column: str) -> Iterator[str]:
+    for row in rows:
+        value = row.get(column) if isinstance(row, dict) else None
+        if isinstance(value, str) and value.strip():
+            yield value
+
+
+def _parquet_texts(stream, column: str, name: str) -> Iterator[str]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{name}: Parquet needs pyarrow (pip install pyarrow)") from None
+    for batch in pq.ParquetFile(stream).iter_batches(columns=[column]):
+        yield from (t for t in batch.column(0).to_pylist() if isinstance(t, str) and t.strip())
 
 
 def _read_text(path: Path) -> str:
@@ -100,8 +160,11 @@ def _is_prose(path: Path) -> bool:
     return True
 
 
-def documents(path: Path) -> Iterator[str]:
-    """Documents in a file or, recursively and in sorted order, a folder."""
+def documents(path: Source) -> Iterator[str]:
+    """Documents in a file or, recursively and in sorted order, a folder; or a hub dataset."""
+    if is_hub(path):
+        yield from hub_documents(path)
+        return
     path = Path(path)
     if path.is_dir():
         for child in sorted(path.rglob("*")):
@@ -143,7 +206,7 @@ def is_heldout(piece: str, percent: int = HELDOUT_PERCENT) -> bool:
     return int(hashlib.sha1(piece.encode()).hexdigest()[:8], 16) % 100 < percent
 
 
-def split_pieces(paths: Iterable[Path], heldout: bool) -> Iterator[str]:
+def split_pieces(paths: Iterable[Source], heldout: bool) -> Iterator[str]:
     """The train (heldout=False) or held-out (True) pieces of all documents under `paths`."""
     for path in paths:
         for doc in documents(path):
@@ -152,13 +215,19 @@ def split_pieces(paths: Iterable[Path], heldout: bool) -> Iterator[str]:
                     yield piece
 
 
-def mixed_pieces(paths: Iterable[Path], heldout: bool, seed: int = 0) -> Iterator[str]:
+def mixed_pieces(paths: Iterable[Source], heldout: bool, seed: int = 0) -> Iterator[str]:
     """Like `split_pieces`, but drawing from all sources at once, each in proportion to the text
     it has left, so any stretch of the stream (a harvest shard, a training batch) has the same
     mix and all sources run out together. (Weighing by file size instead let sources that pack
     small, such as gzip and the Bible's own format, run out early and left the last quarter of a
-    harvest to the Python docs alone.) Holds the text in memory: ~50 MB for the default corpus."""
-    sources = [list(split_pieces([Path(p)], heldout)) for p in paths]
+    harvest to the Python docs alone.) Holds the text in memory: ~50 MB for the default corpus.
+    A single source is streamed instead (a hub dataset need not fit in memory); mixed with
+    others, it is read whole, since mixing needs each source's size."""
+    paths = list(paths)
+    if len(paths) == 1:
+        yield from split_pieces(paths, heldout)
+        return
+    sources = [list(split_pieces([p if is_hub(p) else Path(p)], heldout)) for p in paths]
     left = [sum(map(len, pieces)) for pieces in sources]  # characters not yet drawn
     taken = [0] * len(sources)
     rng = random.Random(seed)

@@ -5,10 +5,10 @@ For a concept (name, category, terms):
 1. candidates: the features whose decoder directions best raise the terms' log-probability
    (`features.writers`, a gradient), plus the features whose labels name the terms (readers),
    ranked by their measured lift when added at 2x;
-2. the best CANDIDATES of them by lift, then the first CANDIDATES readers, are swept (add: 0.5, 1,
-   2, 3 x max activation; a sweep stops at the first failing strength after a passing one, since
-   bands are contiguous) on the neutral prompts; the first with an add band is kept and swept
-   in clamp mode too.
+2. the best CANDIDATES of them by lift, then the first two readers, are swept (add: 0.5, 1,
+   2, 3, 4, 6 x max activation; a sweep stops at the first failing strength after a passing one,
+   since bands are contiguous, and where the text has broken down) on the neutral prompts; the
+   first with an add band is kept and swept in clamp mode too.
 
 A strength passes when at least half the replies, and a quarter more than unsteered, mention a
 term and the fluency cost stays <= `features.calibrate.MAX_COST`. Results go to a JSON-lines
@@ -36,8 +36,11 @@ from features.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
 MAX_NEW_TOKENS = 20
-STRENGTHS = (0.5, 1.0, 2.0, 3.0)
-CANDIDATES = 2  # candidates swept per concept, best lift first
+# Max activations come from the most extreme of 300k tokens, so a feature may need 1x or 6x of
+# it: the sweep goes on while the text stays fluent.
+STRENGTHS = (0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+CANDIDATES = 3  # candidates swept per concept, best lift first
+GRADIENT_TOP = 64  # candidates by gradient confirmed by steering (one batched pass per 32)
 MIN_LIFT = 0.002  # below this a candidate does not move the terms' probability at all
 
 
@@ -49,11 +52,13 @@ class Concept(NamedTuple):
 
 
 def load_concepts(path: Path) -> list[Concept]:
-    """[[concept]] tables with name, category and terms, from a TOML file."""
+    """[[concept]] tables with name, category, terms and, optionally, candidates (feature ids to
+    sweep instead of searching: what `python -m features discover` found), from a TOML file."""
     try:
         rows = tomllib.loads(Path(path).read_text())["concept"]
-        concepts = [Concept(str(r["name"]), str(r.get("category", "")), tuple(str(t) for t in r["terms"])) for r in rows]
-    except (OSError, KeyError, TypeError, tomllib.TOMLDecodeError) as e:
+        concepts = [Concept(str(r["name"]), str(r.get("category", "")), tuple(str(t) for t in r["terms"]),
+                            tuple(int(i) for i in r.get("candidates", ()))) for r in rows]
+    except (OSError, KeyError, TypeError, ValueError, tomllib.TOMLDecodeError) as e:
         raise ValueError(f"{path}: not a concepts file ([[concept]] tables with name and terms): {e}") from None
     if any(not c.terms for c in concepts):
         raise ValueError(f"{path}: every concept needs at least one term")
@@ -92,6 +97,8 @@ def propose(engine, concept: Concept, baseline) -> dict:
                             max_new_tokens=MAX_NEW_TOKENS, baseline=baseline)
             if band(points[-1:], need) is None and band(points, need):  # failed after a pass
                 break
+            if points[-1].fluency_cost > MAX_COST:  # broken text only gets worse from here
+                break
         return points
 
     out = {"name": concept.name, "category": concept.category, "terms": list(concept.terms),
@@ -109,13 +116,12 @@ def propose(engine, concept: Concept, baseline) -> dict:
         any(accept(fid) for fid in concept.candidates)
         return out
     readers = _readers(engine, concept.terms)
-    writers = find_writers(engine, concept.terms, top=16, prompts=NEUTRAL_PROMPTS[:2], also=readers)
+    writers = find_writers(engine, concept.terms, top=GRADIENT_TOP, prompts=NEUTRAL_PROMPTS[:2], also=readers)
     out["writers"] = [w._asdict() for w in writers[:6]]
     # Lift at one strength on two prompts misses writers that need a stronger push, so the
     # features whose labels name the terms get swept too.
     by_lift = [w.feature for w in writers if w.lift > MIN_LIFT][:CANDIDATES]
-    rest = [f for f in by_lift + [r for r in readers[:CANDIDATES] if r not in by_lift] if f not in concept.candidates]
-    any(accept(fid) for fid in rest)
+    any(accept(fid) for fid in by_lift + [r for r in readers[:2] if r not in by_lift])
     return out
 
 
@@ -133,6 +139,17 @@ def carried_over(old, old_catalog, new, top: int = 2) -> list[Concept]:
     near = (w_old @ F.normalize(new.W_dec.float(), dim=1).T).topk(top, dim=1).indices  # (n, top)
     return [Concept(f.label, str(f.extra.get("category", "carried over")), tuple(f.extra["terms"]), tuple(ids))
             for f, ids in zip(curated, near.tolist())]
+
+
+def covered(concepts: Sequence[Concept], catalog) -> list[Concept]:
+    """The concepts that a curated feature of `catalog` already writes: its label is the concept's
+    name, or its terms hold at least half of the concept's (a retrained dictionary's carried-over
+    labels name the same concepts differently: "God" and "God and the Lord")."""
+    curated = [f for f in catalog if f.curated]
+    names = {f.label for f in curated}
+    term_sets = [{t.lower() for t in f.extra.get("terms") or ()} for f in curated]
+    return [c for c in concepts if c.name in names
+            or any(len(ts & {t.lower() for t in c.terms}) * 2 >= len(c.terms) for ts in term_sets)]
 
 
 def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[dict]:
@@ -154,10 +171,10 @@ def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[
     return done
 
 
-def accepted(proposals: Sequence[dict], reject: Sequence[str] = ()) -> list[dict]:
+def accepted(proposals: Sequence[dict], reject: Sequence[str] = (), taken: Sequence[int] = ()) -> list[dict]:
     """Proposals with a feature and both bands, minus rejected names; a feature proposed for two
-    concepts goes to the first."""
-    taken: set[int] = set()
+    concepts goes to the first, and features in `taken` (already curated) to none."""
+    taken = set(taken)
     keep = []
     for p in proposals:
         if p.get("chosen") is None or not p.get("clamp") or p["name"] in reject or p["chosen"] in taken:
@@ -167,20 +184,35 @@ def accepted(proposals: Sequence[dict], reject: Sequence[str] = ()) -> list[dict
     return keep
 
 
-def spec_toml(picks: Sequence[dict], labels: dict[int, str]) -> str:
+def spec_strength(proposal: dict, mode: str) -> float:
+    """The strength a spec case checks: inside the measured band, the one where most replies
+    named the concept (then the lowest). The band's low end only just passed in the batched
+    sweep, and replies generated one at a time (as `chat check` does) differ from batched ones
+    in the last bits, which flips a reply at the margin."""
+    lo, hi = proposal[mode]
+    if mode == "add":
+        points = next((t["add"] for t in proposal.get("tried", ()) if t["feature"] == proposal["chosen"]), [])
+    else:
+        points = proposal.get("clamp_sweep") or []
+    inside = [(strength, rate) for strength, rate, *_ in points if lo <= strength <= hi]
+    return max(inside, key=lambda p: (p[1], -p[0]))[0] if inside else lo
+
+
+def spec_toml(picks: Sequence[dict], labels: dict[int, str], header: bool = True) -> str:
     """A `python -m chat check` spec for accepted proposals: per feature, one add and one clamp
-    case at the low end of its band, on the prompts the bands were measured on, so CI notices when
-    a model or dictionary change breaks a curated feature. `labels`: feature id -> its label (the
-    cases name features by label, so they also check that search finds them)."""
+    case at `spec_strength`, on the prompts the bands were measured on, so CI notices when a
+    model or dictionary change breaks a curated feature. `labels`: feature id -> its label (the
+    cases name features by label, so they also check that search finds them). Without `header`,
+    the cases alone, to append to an existing spec."""
     lines = ["# Steering tests for curated features, written by `python -m features curate --write --spec`.",
-             "# Strengths: the low end of each feature's measured band (features.json \"strengths\");",
-             "# prompts: the neutral prompts the bands were measured on; greedy decoding.", "",
-             f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}", ""]
+             "# Strengths: inside each feature's measured band (features.json \"strengths\"), where most",
+             "# replies named the concept; prompts: the neutral prompts the bands were measured on; greedy.", "",
+             f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}", ""] if header else []
     for p in picks:
         for mode, verb in (("add", "amplified"), ("clamp", "clamped")):
             name = f"{p['name']}, {verb}"
             lines += ["[[case]]", f"name = {json.dumps(name)}",
                       f"feature = {json.dumps(labels[p['chosen']])}", f'mode = "{mode}"',
-                      f"strength = {p[mode][0]}", f"terms = {json.dumps(p['terms'])}",
+                      f"strength = {spec_strength(p, mode)}", f"terms = {json.dumps(p['terms'])}",
                       "min_concept_rate = 0.5", f"max_fluency_cost = {MAX_COST}", ""]
     return "\n".join(lines)

@@ -22,6 +22,11 @@ def test_concepts_load_and_take_turns_by_category(tmp_path):
     concepts = curate.load_concepts(path)
     assert concepts[2] == curate.Concept("c", "y", ("c1", "c2"))
     assert [c.name for c in curate.by_category_in_turn(concepts)] == ["a", "c", "b"]
+    path.write_text('[[concept]]\nname = "d"\nterms = ["d1"]\ncandidates = [12, 7]\n')
+    assert curate.load_concepts(path) == [curate.Concept("d", "", ("d1",), (12, 7))]
+    path.write_text('[[concept]]\nname = "d"\nterms = ["d1"]\ncandidates = ["x"]\n')
+    with pytest.raises(ValueError, match="not a concepts file"):
+        curate.load_concepts(path)
     path.write_text('[[concept]]\nname = "a"\nterms = []\n')
     with pytest.raises(ValueError, match="at least one term"):
         curate.load_concepts(path)
@@ -38,6 +43,35 @@ def test_accepted_needs_both_bands_skips_rejects_and_gives_a_feature_to_one_conc
             {"name": "e", "chosen": 3, "add": [2, 3], "clamp": [2, 2]},
             {"name": "f", "chosen": 4, "add": [1, 1], "clamp": [1, 1]}]
     assert [r["name"] for r in curate.accepted(rows, reject=["f"])] == ["a", "e"]
+    # a feature that is curated already keeps its label
+    assert [r["name"] for r in curate.accepted(rows, taken=[1])] == ["e", "f"]
+
+
+def test_covered_concepts_are_those_a_curated_feature_already_writes():
+    catalog = Catalog(8, {1: Feature(1, "God and the Lord", curated=True, extra={"terms": ["god", "lord", "holy"]}),
+                          2: Feature(2, "mountains", curated=True),
+                          3: Feature(3, "auto: dog cat", extra={"terms": ["dog", "cat"]})})  # not curated
+    concepts = [curate.Concept("God", "religion", ("God", "Lord", "prayer", "heaven")),  # half the terms
+                curate.Concept("prayer", "religion", ("pray", "prayer", "god")),  # a third
+                curate.Concept("mountains", "places", ("hill",)),  # same name
+                curate.Concept("animals", "animals", ("dog", "cat"))]
+    assert [c.name for c in curate.covered(concepts, catalog)] == ["God", "mountains"]
+
+
+def test_a_sweep_stops_where_the_text_breaks_down(tiny_lm, monkeypatch):
+    d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
+    engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")
+    swept = []
+
+    def fake_sweep(engine, fid, mode, terms, strengths, **kw):
+        swept.append(strengths[0])
+        return [curate.SweepPoint(strengths[0], 0.0, 1.0 if strengths[0] < 3 else 9.0, 0.0, ("x",))]
+
+    monkeypatch.setattr(curate, "sweep", fake_sweep)
+    monkeypatch.setattr(curate, "MAX_NEW_TOKENS", 2)
+    baseline = curate.unsteered(engine, curate.PROMPTS, 2)
+    row = curate.propose(engine, curate.Concept("x", "c", ("bridge",), (7,)), baseline)
+    assert "chosen" not in row and swept == [0.5, 1.0, 2.0, 3.0]  # 4x and 6x would only be worse
 
 
 def test_run_proposes_each_concept_once_and_resumes(tiny_lm, tmp_path, monkeypatch):
@@ -90,3 +124,25 @@ def test_given_candidates_replace_the_search(tiny_lm, monkeypatch):
     monkeypatch.setattr(curate, "band", lambda points, need: None)
     row = curate.propose(engine, curate.Concept("x", "c", ("bridge",), (7, 9)), baseline)
     assert "chosen" not in row and [t["feature"] for t in row["tried"]] == [7, 9]
+
+
+def test_spec_cases_check_the_strength_in_the_band_where_most_replies_named_the_concept():
+    import tomllib
+
+    from chat.check import parse_spec
+
+    pick = {"name": "snow", "chosen": 4, "terms": ["snow"], "add": [1.0, 3.0], "clamp": [2.0, 2.0],
+            "tried": [{"feature": 9, "add": [[1.0, 1.0, 1.0, []]]},  # another candidate's sweep
+                      {"feature": 4, "add": [[0.5, 0.0, 1.0, []], [1.0, 0.5, 1.2, []], [2.0, 1.0, 2.0, []],
+                                             [3.0, 1.0, 3.5, []], [4.0, 1.0, 9.0, []]]}],
+            "clamp_sweep": [[1.0, 0.25, 1.0, []], [2.0, 0.75, 1.5, []]]}
+    assert curate.spec_strength(pick, "add") == 2.0  # rate 1.0 first reached at 2x
+    assert curate.spec_strength(pick, "clamp") == 2.0
+    text = curate.spec_toml([pick], {4: "snow and winter"})
+    spec = parse_spec(tomllib.loads(text))
+    assert [(c.feature, c.mode, c.strength) for c in spec.cases] == [("snow and winter", "add", 2.0),
+                                                                      ("snow and winter", "clamp", 2.0)]
+    more = dict(pick, name="ice", chosen=5, tried=[])  # no sweep kept: the band's low end
+    both = parse_spec(tomllib.loads(text + "\n" + curate.spec_toml([more], {5: "ice"}, header=False)))
+    assert [c.name for c in both.cases] == ["snow, amplified", "snow, clamped", "ice, amplified", "ice, clamped"]
+    assert both.cases[2].prompts == curate.PROMPTS and both.cases[2].strength == 1.0

@@ -249,3 +249,70 @@ def test_mixed_sources_of_different_sizes_run_out_together(tmp_path):
     mixed = list(mixed_pieces([tmp_path / "big.txt", tmp_path / "small.txt.gz"], heldout=False))
     tail = mixed[-len(mixed) // 5:]
     assert any(p.startswith("small") for p in tail) and any(p.startswith("big") for p in tail)
+
+
+# ---------------------------------------------------------------- hub datasets
+
+
+@pytest.fixture
+def hub_dataset(tmp_path):
+    """A dataset repo in the hub's layout (datasets/owner/name/...) on a local fsspec filesystem,
+    which `hub_documents` reads exactly as it reads HfFileSystem."""
+    import gzip as gz
+    import json as js
+
+    from fsspec.implementations.dirfs import DirFileSystem
+    from fsspec.implementations.local import LocalFileSystem
+
+    repo = tmp_path / "hub" / "datasets" / "owner" / "stories"
+    (repo / "data").mkdir(parents=True)
+    (repo / "README.md").write_text("# not data")
+    (repo / "data" / "train-00000.jsonl").write_text(
+        js.dumps({"text": "Once upon a time there was a bridge."}) + "\n\n"
+        + js.dumps({"text": "   "}) + "\n" + js.dumps({"title": "no text"}) + "\n"
+        + js.dumps({"text": "The dog crossed the river."}) + "\n")
+    with gz.open(repo / "data" / "train-00001.jsonl.gz", "wt") as f:
+        f.write(js.dumps({"text": "Rain fell on the town."}) + "\n")
+    (repo / "data" / "more.json").write_text(js.dumps([{"text": "Snow in winter."}, 3]))
+    (repo / "data" / "notes.txt").write_text("Plain notes about cats.")
+    return DirFileSystem(path=str(tmp_path / "hub"), fs=LocalFileSystem())
+
+
+def test_hub_dataset_documents_stream_from_every_data_file(hub_dataset):
+    from features.corpus import hub_documents
+
+    docs = list(hub_documents("hf://datasets/owner/stories", fs=hub_dataset))
+    assert docs == ["Snow in winter.", "Plain notes about cats.", "Once upon a time there was a bridge.",
+                    "The dog crossed the river.", "Rain fell on the town."]  # sorted by file name
+    first = next(hub_documents("hf://datasets/owner/stories/data/train-00000.jsonl", fs=hub_dataset))
+    assert first.startswith("Once upon")
+    with pytest.raises(ValueError, match="no data files"):
+        list(hub_documents("hf://datasets/owner/stories/README.md", fs=hub_dataset))
+    # .txt files are text whatever the column
+    assert list(hub_documents("hf://datasets/owner/stories", column="title", fs=hub_dataset)) == ["Plain notes about cats.", "no text"]
+
+
+def test_hub_dataset_is_a_source_like_a_folder(hub_dataset, monkeypatch):
+    from pathlib import Path
+
+    from features import corpus
+
+    real = corpus.hub_documents
+    monkeypatch.setattr(corpus, "hub_documents", lambda ref: real(ref, fs=hub_dataset))
+    ref = "hf://datasets/owner/stories"
+    assert corpus.is_hub(ref) and not corpus.is_hub(Path("hf:/datasets/x"))
+    train, held = list(corpus.mixed_pieces([ref], heldout=False)), list(corpus.split_pieces([ref], heldout=True))
+    assert sorted(train + held) == sorted(corpus.documents(ref)) and not set(train) & set(held)
+
+
+def test_unreachable_hub_dataset_is_one_line(monkeypatch, tmp_path):
+    import huggingface_hub.constants as constants
+
+    from features.corpus import hub_documents
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(ValueError, match="^hf://datasets/owner/missing: cannot list") as e:
+        list(hub_documents("hf://datasets/owner/missing"))
+    assert "\n" not in str(e.value)
