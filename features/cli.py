@@ -251,6 +251,7 @@ def cmd_curate(args) -> None:
     from features import formats
     from features.catalog import Catalog
     from features.curate import accepted, carried_over, covered, load_concepts, run, spec_toml
+    from features.discover import load as load_discovered
 
     concepts = load_concepts(Path(args.concepts))
     engine = load(args.model, args.dictionary, args.layer)
@@ -263,7 +264,8 @@ def cmd_curate(args) -> None:
     if args.carry_from:  # first: their candidates are known, so they go fast
         old, old_folder = formats.load(args.carry_from)
         run(engine, carried_over(old, Catalog.load(old_folder, old.d_sae), engine.dictionary), Path(args.out))
-    proposals = run(engine, concepts, Path(args.out))
+    discovered = load_discovered(Path(args.discovered)) if args.discovered else ()
+    proposals = run(engine, concepts, Path(args.out), discovered=discovered)
     if not args.write:
         return
     reject = [r.strip() for r in (args.reject or "").split("|") if r.strip()]
@@ -376,6 +378,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--carry-from", help="an older dictionary of the same model and layer: its curated features "
                    "become concepts first, tried on their nearest new features")
     p.add_argument("--write", action="store_true", help="mark the proposals curated in features.json")
+    p.add_argument("--discovered", help="the JSON lines of `python -m features discover`: candidates are the "
+                   "features whose steered replies named the concept (instead of the gradient search)")
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 

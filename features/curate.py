@@ -2,9 +2,10 @@
 measured add and clamp bands, for a person to review before it is marked curated.
 
 For a concept (name, category, terms):
-1. candidates: the features whose decoder directions best raise the terms' log-probability
-   (`features.writers`, a gradient), plus the features whose labels name the terms (readers),
-   ranked by their measured lift when added at 2x;
+1. candidates: with `discovered` (what `python -m features discover` recorded), the features
+   whose steered replies named a term on the most prompts; otherwise the features whose decoder
+   directions best raise the terms' log-probability (`features.writers`, a gradient), plus the
+   features whose labels name the terms (readers), ranked by their measured lift at 2x;
 2. the best CANDIDATES of them by lift, then the first two readers, are swept (add: 0.5, 1,
    2, 3, 4, 6 x max activation; a sweep stops at the first failing strength after a passing one,
    since bands are contiguous, and where the text has broken down) on the neutral prompts; the
@@ -16,6 +17,7 @@ file, one line per concept, so a long run resumes where it stopped; concepts are
 category at a time in turn, so a run stopped early still covers every category.
 
     python -m features curate --dictionary D --concepts assets/concepts.toml --out proposals.jsonl
+    python -m features curate ... --discovered writes.jsonl   # candidates from `features discover`
     python -m features curate --dictionary D --concepts assets/concepts.toml --out proposals.jsonl \\
         --write --reject "poison|islands"     # after reading them: mark the rest curated
 """
@@ -84,7 +86,20 @@ def _points(points: Sequence[SweepPoint]) -> list[list]:
     return [[p.strength, round(p.concept_rate, 2), round(p.fluency_cost, 2), list(p.samples[:2])] for p in points]
 
 
-def propose(engine, concept: Concept, baseline) -> dict:
+def from_discovered(concept: Concept, discovered: Sequence, top: int = CANDIDATES) -> list[int]:
+    """The `top` features whose steered replies (`features.discover.Written`) mention the
+    concept's terms on the most prompts (at least two), fewest other new words first: a writer of
+    "snow" that says only "snow" beats one that also says "tax" and "cheese"."""
+    pattern = metrics.term_pattern(concept.terms)
+    scored = []
+    for row in discovered:
+        hits = sum(pattern.search(reply) is not None for reply in row.replies)
+        if hits >= 2:
+            scored.append((-hits, len(row.words), row.feature))
+    return [fid for *_, fid in sorted(scored)[:top]]
+
+
+def propose(engine, concept: Concept, baseline, discovered: Sequence = ()) -> dict:
     """One concept's proposal: candidates, their sweeps and, when one passes, `chosen` with its
     `add` and `clamp` bands."""
     plain_rate = metrics.concept_rate([r.text for r in baseline[0]], concept.terms)
@@ -114,6 +129,10 @@ def propose(engine, concept: Concept, baseline) -> dict:
 
     if concept.candidates:  # known directions to check, not a search
         any(accept(fid) for fid in concept.candidates)
+        return out
+    if discovered:  # steering every feature already showed who writes what: no search
+        out["discovered"] = from_discovered(concept, discovered)
+        any(accept(fid) for fid in out["discovered"])
         return out
     readers = _readers(engine, concept.terms)
     writers = find_writers(engine, concept.terms, top=GRADIENT_TOP, prompts=NEUTRAL_PROMPTS[:2], also=readers)
@@ -152,7 +171,7 @@ def covered(concepts: Sequence[Concept], catalog) -> list[Concept]:
             or any(len(ts & {t.lower() for t in c.terms}) * 2 >= len(c.terms) for ts in term_sets)]
 
 
-def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[dict]:
+def run(engine, concepts: Sequence[Concept], out: Path, progress=print, discovered: Sequence = ()) -> list[dict]:
     """Propose for every concept not yet in `out` (JSON lines), appending as it goes."""
     out = Path(out)
     done = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
@@ -162,7 +181,7 @@ def run(engine, concepts: Sequence[Concept], out: Path, progress=print) -> list[
         if concept.name in names:
             continue
         start = time.time()
-        row = propose(engine, concept, baseline)
+        row = propose(engine, concept, baseline, discovered)
         with out.open("a") as f:
             f.write(json.dumps(row) + "\n")
         done.append(row)

@@ -103,17 +103,22 @@ def _texts(lm, prompt, tokens: Tensor) -> list[str]:
     return out
 
 
+def load(path: Path) -> list[Written]:
+    """The rows a `discover` run wrote (JSON lines)."""
+    rows = []
+    for line in Path(path).read_text().splitlines():
+        row = json.loads(line)
+        rows.append(Written(int(row["feature"]), tuple(row["words"]), tuple(row["replies"])))
+    return rows
+
+
 def discover(engine, features: Sequence[int], out: Path, *, strength: float = STRENGTH,
              prompts: Sequence[str] = PROMPTS, new_tokens: int = NEW_TOKENS, min_prompts: int = 2,
              batch_size: int = 64, progress=print) -> list[Written]:
     """Steered replies and written words of `features`, appended to `out` (JSON lines) batch by
     batch, so a long run resumes where it stopped."""
     out = Path(out)
-    done = {}
-    if out.exists():
-        for line in out.read_text().splitlines():
-            row = json.loads(line)
-            done[row["feature"]] = Written(row["feature"], tuple(row["words"]), tuple(row["replies"]))
+    done = {row.feature: row for row in load(out)} if out.exists() else {}
     todo = [f for f in features if f not in done]
     lm = engine.lm
     vocab = text_tokens(lm.tokenizer)

@@ -94,6 +94,13 @@ def test_examples_are_escaped_and_read_defensively():
     assert "No example" in fd.examples_html(Feature(2))
 
 
+def test_the_feature_card_says_what_the_feature_writes_and_reads_it_defensively():
+    card = fd.feature_card(Feature(3, "snow", 2.0, extra={"writes": ["snow", "cold", 7]}, top_tokens=[" ice"]), "snow")
+    assert "Amplified, replies say: `snow`, `cold`" in card and "7" not in card.split("say:")[1].split("\n")[0]
+    assert "Promotes: `ice`" in card
+    assert "replies say" not in fd.feature_card(Feature(3, extra={"writes": "snow"}), "x")
+
+
 # -- handlers, called directly ----------------------------------------------------------------
 
 def drain(generator) -> list:

@@ -146,3 +146,33 @@ def test_spec_cases_check_the_strength_in_the_band_where_most_replies_named_the_
     both = parse_spec(tomllib.loads(text + "\n" + curate.spec_toml([more], {5: "ice"}, header=False)))
     assert [c.name for c in both.cases] == ["snow, amplified", "snow, clamped", "ice, amplified", "ice, clamped"]
     assert both.cases[2].prompts == curate.PROMPTS and both.cases[2].strength == 1.0
+
+
+def test_discovered_candidates_are_the_features_whose_replies_named_the_concept_most():
+    from features.discover import Written
+
+    rows = [Written(1, ("snow",), ("Snow fell.", "I like snow.", "Hello.")),  # 2 prompts
+            Written(2, ("snow", "tax", "cheese"), ("snow", "snows", "more snow")),  # 3, noisy
+            Written(3, ("snow",), ("snow", "snow", "snow")),  # 3, clean
+            Written(4, ("snowfall",), ("snowfall", "snowfall", "x")),  # not the whole word
+            Written(5, (), ("snow", "rain", "sun"))]  # once only
+    concept = curate.Concept("snow", "weather", ("snow",))
+    assert curate.from_discovered(concept, rows) == [3, 2, 1]
+    assert curate.from_discovered(concept, rows, top=1) == [3]
+
+
+def test_with_discovered_candidates_no_search_runs(tiny_lm, monkeypatch):
+    from features.discover import Written
+
+    d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
+    engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")
+    monkeypatch.setattr(curate, "find_writers", lambda *a, **k: pytest.fail("searched despite discovered writers"))
+    monkeypatch.setattr(curate, "band", lambda points, need: None)
+    monkeypatch.setattr(curate, "STRENGTHS", (1.0,))
+    monkeypatch.setattr(curate, "MAX_NEW_TOKENS", 2)
+    baseline = curate.unsteered(engine, curate.PROMPTS, 2)
+    rows = [Written(7, ("bridge",), ("bridge", "bridge", "no")), Written(8, (), ("a", "b", "c"))]
+    row = curate.propose(engine, curate.Concept("x", "c", ("bridge",)), baseline, rows)
+    assert row["discovered"] == [7] and [t["feature"] for t in row["tried"]] == [7] and "chosen" not in row
+    row = curate.propose(engine, curate.Concept("y", "c", ("rain",)), baseline, rows)
+    assert row["discovered"] == [] and row["tried"] == []

@@ -86,6 +86,9 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
         stats.append(f"steerability {f.steerability:.2f}")
     stats += [f"{mode} works at {lo:g}…{hi:g}" for mode, (lo, hi) in sorted((f.strengths or {}).items())]
     lines = [f"### #{f.id} {label}", " · ".join(stats)]
+    writes = f.extra.get("writes")
+    if isinstance(writes, list) and writes:  # features/discover.py: what steering with it made the model say
+        lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))
     if f.top_tokens:
         lines.append("Promotes: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in f.top_tokens[:8]))
     return "\n\n".join(line for line in lines if line)
