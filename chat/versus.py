@@ -1,6 +1,6 @@
 """The honest baseline: steering a feature vs simply asking the model to talk about the concept.
 
-For every "present" case of a spec, the same neutral prompts are answered twice more: once with
+For every "present" case of a spec (the first per feature and terms), the same neutral prompts are answered twice more: once with
 the instruction appended ("... Talk about dogs."), unsteered. Both replies are scored the same
 way as steering (chat/metrics.py): concept rate, and fluency cost under the unsteered model given
 the *original* prompt, so a reply that changes the subject costs the same either way.
@@ -51,9 +51,13 @@ def prompting(engine, case: Case, baselines: Baselines) -> tuple[float, float, f
 def versus(engine, spec: Spec, progress=None) -> list[Versus]:
     baselines = Baselines(engine)
     out = []
+    seen = set()
     for case in spec.cases:
-        if case.expect != "present":
+        # One row per feature and concept: a spec's add and clamp cases ask the same question of
+        # prompting, and the first (add, in generated specs) answers it.
+        if case.expect != "present" or (case.feature, case.terms) in seen:
             continue
+        seen.add((case.feature, case.terms))
         out.append(Versus(case.terms[0], run_case(engine, case, baselines), *prompting(engine, case, baselines)))
         if progress:
             progress(out[-1])

@@ -275,7 +275,7 @@ def cmd_curate(args) -> None:
     updated = {}
     for p in picks:
         f = catalog[p["chosen"]]
-        updated[f.id] = replace(f, label=p["name"], curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
+        updated[f.id] = replace(f, label=p.get("label", p["name"]), curated=True, strengths={"add": p["add"], "clamp": p["clamp"]},
                                 extra=f.extra | {"terms": p["terms"], "category": p["category"]})
     print(f"marked {len(picks)} features curated; wrote {_save_with(catalog, folder, updated)}")
     if args.spec:  # an existing spec keeps its cases (the features curated before) and gets these

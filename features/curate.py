@@ -20,6 +20,10 @@ category at a time in turn, so a run stopped early still covers every category.
     python -m features curate ... --discovered writes.jsonl   # candidates from `features discover`
     python -m features curate --dictionary D --concepts assets/concepts.toml --out proposals.jsonl \\
         --write --reject "poison|islands"     # after reading them: mark the rest curated
+
+Reading a proposal, a person may set its "label" (what the feature was seen to write: "girls"
+for a "children" proposal whose replies say "I'm a 16 year old girl"), "terms" and "category"
+in the JSON line; `--write` uses them.
 """
 from __future__ import annotations
 
@@ -229,7 +233,7 @@ def spec_toml(picks: Sequence[dict], labels: dict[int, str], header: bool = True
              f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}", ""] if header else []
     for p in picks:
         for mode, verb in (("add", "amplified"), ("clamp", "clamped")):
-            name = f"{p['name']}, {verb}"
+            name = f"{p.get('label', p['name'])}, {verb}"
             lines += ["[[case]]", f"name = {json.dumps(name)}",
                       f"feature = {json.dumps(labels[p['chosen']])}", f'mode = "{mode}"',
                       f"strength = {spec_strength(p, mode)}", f"terms = {json.dumps(p['terms'])}",

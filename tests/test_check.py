@@ -179,3 +179,16 @@ def test_versus_prompting_scores_both_ways_on_the_same_prompts(engine, capsys, m
     path.write_text(json.dumps(spec(strength=0.0, terms=["zebra"])))
     assert main(["check", str(path), "--vs-prompting", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["prompting"]["concept_rate"] == row.prompting_rate
+
+
+def test_versus_prompting_compares_each_feature_and_concept_once(engine, monkeypatch):
+    from chat import versus
+
+    cases = [{"feature": "bridge", "strength": 0.0, "terms": ["zebra"], "mode": "add", "min_concept_rate": 0.0},
+             {"feature": "bridge", "strength": 0.0, "terms": ["zebra"], "mode": "clamp", "min_concept_rate": 0.0},
+             {"feature": "bridge", "strength": 0.0, "terms": ["okapi"], "min_concept_rate": 0.0},
+             {"feature": "bridge", "strength": 0.0, "terms": ["zebra"], "expect": "absent", "max_concept_rate": 1.0}]
+    s = parse_spec({"prompts": PROMPTS[:1], "max_new_tokens": 4, "case": cases})
+    monkeypatch.setattr(versus, "prompting", lambda engine, case, baselines: (0.0, 1.0, 0.0, ()))
+    rows = versus.versus(engine, s)
+    assert [(r.concept, r.steering.mode) for r in rows] == [("zebra", "add"), ("okapi", "add")]
