@@ -90,7 +90,7 @@ def _decode(lm, prompt_ids: Sequence[int], edit: Tensor | None, new_tokens: int,
             token = vocab.to(lm.device)[logits.argmax(-1)].unsqueeze(-1)  # (B, 1)
             out.append(token)
             state["keep"] = lm.content_mask(token).unsqueeze(-1)  # (B, 1, 1)
-            step = body(input_ids=token, cache=step.past_key_values, use_cache=True)
+            step = body(input_ids=token, cache=step.cache, use_cache=True)
     return torch.cat(out, dim=1)  # (B, new_tokens)
 
 
