@@ -310,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def engine_args(p, dictionary_help: str, required: bool = False):
+        p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+        p.add_argument("--dictionary", required=required, help=dictionary_help)
+        p.add_argument("--layer", type=int)
+
     def text_args(p):
         p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
         p.add_argument("--text", action="append", help="text file or folder, or a hub dataset hf://datasets/owner/name "
@@ -343,17 +348,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=500_000)
 
     p = sub.add_parser("steerability", help="output score of every labelled feature -> features.json")
-    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
-    p.add_argument("--layer", type=int)
+    engine_args(p, "a local dictionary folder with features.json", required=True)
     p.add_argument("--strength", type=float, default=2.0, help="add-mode strength (multiples of max activation)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--prompts", type=int, default=4, choices=range(1, 7), help="neutral prompts to average over")
 
     p = sub.add_parser("calibrate", help="sweep strengths: where does the concept show while text stays fluent?")
-    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
-    p.add_argument("--layer", type=int)
+    engine_args(p, "a local dictionary folder with features.json", required=True)
     p.add_argument("--feature", help="id or label query (default: every curated feature with terms)")
     p.add_argument("--terms", help="comma-separated concept words, with --feature")
     p.add_argument("--modes", nargs="+", default=["add", "clamp"], choices=["add", "clamp"])
@@ -361,18 +362,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--write", action="store_true", help="store the bands (and terms) in features.json")
 
     p = sub.add_parser("writers", help="which features make the model say these words when amplified?")
-    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dictionary", help="default: the embedded one")
-    p.add_argument("--layer", type=int)
+    engine_args(p, "default: the embedded one")
     p.add_argument("--terms", required=True, help="comma-separated concept words")
     p.add_argument("--top", type=int, default=16, help="candidates (by gradient) to confirm by steering")
     p.add_argument("--strength", type=float, default=2.0, help="add-mode strength for the confirmation")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("curate", help="propose a writer feature and strength bands for each concept of a list")
-    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dictionary", required=True, help="a local dictionary folder with features.json")
-    p.add_argument("--layer", type=int)
+    engine_args(p, "a local dictionary folder with features.json", required=True)
     p.add_argument("--concepts", required=True, help="TOML with [[concept]] name, category, terms")
     p.add_argument("--out", required=True, help="proposals, JSON lines (a run resumes from it)")
     p.add_argument("--carry-from", help="an older dictionary of the same model and layer: its curated features "
@@ -384,9 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 
     p = sub.add_parser("discover", help="what does each feature make the model say when amplified?")
-    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--dictionary", help="local folder or hub ref (default: the embedded dictionary)")
-    p.add_argument("--layer", type=int)
+    engine_args(p, "local folder or hub ref (default: the embedded dictionary)")
     p.add_argument("--out", required=True, help="results, JSON lines (a run resumes from it)")
     p.add_argument("--strength", type=float, default=3.0, help="add-mode strength, multiples of max activation")
     p.add_argument("--new-tokens", type=int, default=10)
