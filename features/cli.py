@@ -66,9 +66,7 @@ def _harvest(folder: str) -> tuple[dict, list[Path]]:
 
 
 def _sequences(lm, args, heldout: bool):
-    from features.corpus import mixed_pieces, pack
-
-    from features.corpus import is_hub
+    from features.corpus import is_hub, mixed_pieces, pack
 
     sources = _text_paths(args.text)
     pieces = mixed_pieces(sources, heldout=heldout)

@@ -26,6 +26,7 @@ import json
 import re
 import time
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
@@ -33,9 +34,9 @@ import torch
 from torch import Tensor
 
 from chat.hooks import on_output
-from features.catalog import Feature
 from chat.prompt import build_prompt, reply_length
 from features.calibrate import NEUTRAL_PROMPTS
+from features.catalog import Feature
 
 STRENGTH = 3.0  # curated writers show their concept at 1-3x; 3x finds the ones that need it
 NEW_TOKENS = 10  # a writer's concept shows in the first words
@@ -67,10 +68,22 @@ def text_tokens(tokenizer) -> Tensor:
     return torch.tensor([i for i, t in enumerate(texts) if i in special or allowed.fullmatch(t)])
 
 
+class Unembedding(NamedTuple):
+    ids: Tensor  # (V',) the token ids greedy decoding may pick, on the model's device
+    weight: Tensor  # (V', d) their rows of the output embedding
+
+
+def unembedding(lm, vocab: Tensor) -> Unembedding:
+    """The output embedding cut down to `vocab`: gathered once per run, not once per batch
+    (at 150k tokens it is a 190 MB copy)."""
+    ids = vocab.to(lm.device)
+    return Unembedding(ids, lm.model.get_output_embeddings().weight[ids])
+
+
 def _decode(lm, prompt_ids: Sequence[int], edit: Tensor | None, new_tokens: int, layer: int,
-            vocab: Tensor) -> Tensor:
-    """(B, new_tokens) greedy tokens (among `vocab`) after `prompt_ids`, row b with `edit[b]` (d,)
-    added to the layer's output at every non-special position. `edit` None: one unsteered row."""
+            head: Unembedding) -> Tensor:
+    """(B, new_tokens) greedy tokens (among `head.ids`) after `prompt_ids`, row b with `edit[b]`
+    (d,) added to the layer's output at every non-special position. `edit` None: one unsteered row."""
     rows = 1 if edit is None else edit.shape[0]
     ids = torch.tensor([list(prompt_ids)], device=lm.device).expand(rows, -1)  # (B, T)
     keep = lm.content_mask(ids).unsqueeze(-1)  # (B, T, 1) never edit BOS
@@ -81,13 +94,13 @@ def _decode(lm, prompt_ids: Sequence[int], edit: Tensor | None, new_tokens: int,
             return None
         return h + (edit.unsqueeze(1).to(h.device) * state["keep"]).to(h.dtype)  # (B, T, d)
 
-    body, head = lm.model.get_decoder(), lm.model.get_output_embeddings().weight[vocab.to(lm.device)]  # (V', d)
+    body = lm.model.get_decoder()
     out = []
     with torch.inference_mode(), on_output(lm.layers[layer], add):
         step = body(input_ids=ids, use_cache=True)  # final-normed hidden states
         for _ in range(new_tokens):
-            logits = step.last_hidden_state[:, -1] @ head.T  # (B, V') softcapping, if any, keeps the argmax
-            token = vocab.to(lm.device)[logits.argmax(-1)].unsqueeze(-1)  # (B, 1)
+            logits = step.last_hidden_state[:, -1] @ head.weight.T  # (B, V') softcapping, if any, keeps the argmax
+            token = head.ids[logits.argmax(-1)].unsqueeze(-1)  # (B, 1)
             out.append(token)
             state["keep"] = lm.content_mask(token).unsqueeze(-1)  # (B, 1, 1)
             step = body(input_ids=token, cache=step.cache, use_cache=True)
@@ -121,14 +134,14 @@ def discover(engine, features: Sequence[int], out: Path, *, strength: float = ST
     done = {row.feature: row for row in load(out)} if out.exists() else {}
     todo = [f for f in features if f not in done]
     lm = engine.lm
-    vocab = text_tokens(lm.tokenizer)
+    head = unembedding(lm, text_tokens(lm.tokenizer))
     built = [build_prompt(lm.tokenizer, p, max_tokens=512) for p in prompts]
-    plain = set().union(*(words(_texts(lm, p, _decode(lm, p.ids, None, new_tokens, engine.layer, vocab))[0]) for p in built))
+    plain = set().union(*(words(_texts(lm, p, _decode(lm, p.ids, None, new_tokens, engine.layer, head))[0]) for p in built))
     start = time.time()
     for b in range(0, len(todo), batch_size):
         batch = todo[b:b + batch_size]
         edit = strength * engine.max_acts[batch].float().unsqueeze(1) * engine.dictionary.directions(batch).float()  # (B, d)
-        per_prompt = [_texts(lm, p, _decode(lm, p.ids, edit, new_tokens, engine.layer, vocab)) for p in built]  # P x (B,)
+        per_prompt = [_texts(lm, p, _decode(lm, p.ids, edit, new_tokens, engine.layer, head)) for p in built]  # P x (B,)
         with out.open("a") as f:
             for r, fid in enumerate(batch):
                 replies = tuple(texts[r] for texts in per_prompt)
@@ -146,8 +159,6 @@ def discover(engine, features: Sequence[int], out: Path, *, strength: float = ST
 def with_writes(feature: Feature, written: Written, n: int = 3) -> Feature:
     """`feature` with its written words stored and, unless curated, its automatic label's
     "writes" side replaced by them."""
-    from dataclasses import replace
-
     extra = feature.extra | {"writes": list(written.words[:8])}
     if feature.curated or not written.words:
         return replace(feature, extra=extra)

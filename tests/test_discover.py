@@ -31,14 +31,14 @@ def test_each_row_decodes_like_a_real_steered_reply(tiny_lm):
     """One feature per batch row gives the reply that engine.reply gives with that feature
     added at the same strength, so the batched shortcut measures the real thing."""
     engine = _engine(tiny_lm)
-    vocab = torch.arange(len(tiny_lm.tokenizer))
+    head = discover.unembedding(tiny_lm, torch.arange(len(tiny_lm.tokenizer)))
     prompt = engine.prompt(PROMPTS[0], 8)
     features = [0, 3, 7, 11]
     edit = 4.0 * engine.max_acts[features].unsqueeze(1) * engine.dictionary.directions(features).float()  # (4, d)
-    rows = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, edit, 8, 1, vocab))
+    rows = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, edit, 8, 1, head))
     for f, text in zip(features, rows):
         assert text == engine.reply(PROMPTS[0], steer={f: 4.0}, max_new_tokens=8).text
-    plain = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, None, 8, 1, vocab))
+    plain = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, None, 8, 1, head))
     assert plain == [engine.reply(PROMPTS[0], max_new_tokens=8).text]
 
 
@@ -47,9 +47,9 @@ def test_written_words_are_new_and_repeat_across_prompts_and_a_run_resumes(tiny_
     calls = []
     real = discover._decode
 
-    def counted(lm, ids, edit, n, layer, vocab):
+    def counted(lm, ids, edit, n, layer, head):
         calls.append(0 if edit is None else edit.shape[0])
-        return real(lm, ids, edit, n, layer, vocab)
+        return real(lm, ids, edit, n, layer, head)
 
     monkeypatch.setattr(discover, "_decode", counted)
     out = tmp_path / "w.jsonl"
