@@ -145,7 +145,8 @@ def discover(engine, features: Sequence[int], out: Path, *, strength: float = ST
         with out.open("a") as f:
             for r, fid in enumerate(batch):
                 replies = tuple(texts[r] for texts in per_prompt)
-                counts = Counter(w for reply in replies for w in words(reply) - plain)
+                # sorted: words() is a set, whose order (so the order of ties) changes per process
+                counts = Counter(w for reply in replies for w in sorted(words(reply) - plain))
                 row = Written(fid, tuple(w for w, n in counts.most_common() if n >= min_prompts), replies)
                 done[fid] = row
                 f.write(json.dumps(row._asdict()) + "\n")

@@ -69,6 +69,15 @@ def test_written_words_are_new_and_repeat_across_prompts_and_a_run_resumes(tiny_
     assert json.loads(out.read_text().splitlines()[3])["feature"] == 4
 
 
+def test_written_words_tie_in_a_fixed_order(tiny_lm, tmp_path, monkeypatch):
+    """Words said on as many prompts come in alphabetical order, not in a set's per-process order."""
+    engine = _engine(tiny_lm)
+    texts = iter([["nothing"]] * 3 + [["zebra and apple mango"], ["zebra, apple and mango!"], ["mango apple zebra"]])
+    monkeypatch.setattr(discover, "_texts", lambda lm, prompt, tokens: next(texts))  # 3 unsteered, then 3 steered
+    (row,) = discover.discover(engine, [1], tmp_path / "w.jsonl", prompts=PROMPTS, new_tokens=2, progress=None)
+    assert row.words == ("apple", "mango", "zebra")
+
+
 def test_words_drop_stopwords_short_words_and_case():
     assert discover.words("The SNOW and the snow, I'm cold: ok") == {"snow", "cold"}
 
