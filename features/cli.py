@@ -287,6 +287,8 @@ def cmd_discover(args) -> None:
     from chat.engine import load
     from features.discover import discover
 
+    if args.write and not args.dictionary:  # before the minutes of steering, not after
+        raise ValueError("--write needs --dictionary: the local folder whose features.json gets the words")
     engine = load(args.model, args.dictionary, args.layer)
     live = [f.id for f in engine.catalog if f.max_activation is not None and f.density]
     live = live[:args.limit] if args.limit else live

@@ -91,3 +91,10 @@ def test_written_words_replace_the_writes_side_of_automatic_labels_only():
     silent = discover.with_writes(Feature(4, "snow → ung", 1.0), written._replace(words=()))
     assert silent.label == "snow → ung" and silent.extra["writes"] == []
     assert discover.with_writes(Feature(4), written).label == "? → snow, cold, winter"
+
+
+def test_discover_write_without_a_dictionary_folder_is_a_one_line_error(capsys):
+    from features.cli import main
+
+    assert main(["discover", "--out", "w.jsonl", "--write"]) == 2
+    assert "--write needs --dictionary" in capsys.readouterr().err
