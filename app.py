@@ -16,7 +16,8 @@ import time
 
 import gradio as gr
 
-from chat.ui import api, chat_panel, fired_panel, steer_panel
+from chat.ui import api, chat_panel, fired_panel, steer_panel, tryit
+from chat.ui import steer_state
 from chat.ui.loader import EngineLoader
 from chat.ui.pairings import PAIRINGS, resolve
 
@@ -25,29 +26,32 @@ CSS = """
 #feature-details .example { font-family: monospace; white-space: pre-wrap; margin: 0.2em 0;
   padding: 0.3em; border-bottom: 1px solid var(--border-color-primary); }
 #watch-alert h3 { color: var(--error-text-color); }
+.try-label { flex-grow: 0 !important; min-width: 4em !important; }
 """
 STATUS_POLL_SECONDS = 0.5
 
 
-def status_updates(loader: EngineLoader, steer_handlers: steer_panel.SteerHandlers):
+def status_updates(loader: EngineLoader, try_handlers: tryit.TryHandlers):
     """The status line while the engine loads, then what is loaded and the presets it offers."""
     loader.start()
+    skip = [gr.skip()] * steer_state.MAX_PRESETS
     while not loader.loaded:
-        yield loader.status(), gr.skip()
+        yield loader.status(), *skip
         time.sleep(STATUS_POLL_SECONDS)
     if loader.failed or loader.note:
         gr.Warning(loader.status().removeprefix("⚠ "))
-    yield loader.status(), gr.skip() if loader.failed else steer_handlers.preset_choices()
+    yield loader.status(), *(skip if loader.failed else try_handlers.buttons())
 
 
 def build_demo(loader: EngineLoader, *, concurrency_limit: int = 1) -> gr.Blocks:
     """The whole app around `loader`; `concurrency_limit` replies run at once (they share the
     model and the CPU: more than one only helps on a GPU)."""
     steer_h, fired_h = steer_panel.SteerHandlers(loader), fired_panel.FiredHandlers(loader)
-    chat_h = chat_panel.ChatHandlers(loader)
+    chat_h, try_h = chat_panel.ChatHandlers(loader), tryit.TryHandlers(loader)
     with gr.Blocks(title="steerchat") as demo:
         gr.Markdown("# steerchat · steer a language model by its features")
         status = gr.Markdown(loader.status(), elem_id="status")
+        tries = tryit.build()
         with gr.Row():
             with gr.Column(scale=5):
                 chat = chat_panel.build()
@@ -57,8 +61,10 @@ def build_demo(loader: EngineLoader, *, concurrency_limit: int = 1) -> gr.Blocks
         api.wire(api.Api(loader), concurrency_limit)  # first, so the stable names are theirs
         steer_panel.wire(steer, steer_h)
         fired_panel.wire(fired, fired_h, steer, steer_h)
-        chat_panel.wire(chat, chat_h, steer, fired, concurrency_limit)
-        demo.load(functools.partial(status_updates, loader, steer_h), None, [status, steer.presets],
+        send = chat_panel.send_event(chat, chat_h, steer, fired, concurrency_limit)
+        chat_panel.wire(chat, chat_h, send)
+        tryit.wire(tries, try_h, chat, steer, send)
+        demo.load(functools.partial(status_updates, loader, try_h), None, [status, *tries.presets],
                   concurrency_limit=None, show_progress="minimal", api_visibility="private")
     return demo
 

@@ -1,6 +1,7 @@
-"""Greedy replies to several prompts in one batch, with one steering: for measurements
-(strength sweeps, steering-vs-prompting tables), where many short replies are needed and
-streaming and readout are not. Chat uses `chat.generate`, one reply at a time.
+"""Plain greedy replies (GenerationSettings.greedy(): the plain transcript, no repetition
+handling) to several prompts in one batch, with one steering: for measurements (strength
+sweeps, steering-vs-prompting tables), where many short replies are needed and streaming and
+readout are not. Chat uses `chat.generate`, one reply at a time.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class _RowsDone(StoppingCriteria):
 def replies(engine, messages: Sequence, steering: Steering | None = None, max_new_tokens: int = 32) -> list[BatchReply]:
     """Greedy reply to each conversation in `messages`, all steered by `steering`."""
     lm, tok = engine.lm, engine.lm.tokenizer
-    prompts = [engine.prompt(m, max_new_tokens) for m in messages]
+    prompts = [engine.prompt(m, max_new_tokens, frame="plain") for m in messages]  # plain greedy, as measured
     width = max(len(p.ids) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     # Left padding lines up every prompt's end; pad positions are special, so never steered.

@@ -5,8 +5,9 @@ Absolute times on a shared CPU are noisy, so the steering costs are ratios of ru
 one process (plain, steered, steered, plain, ...; the median over adjacent pairs):
 
 - decode: transformers' `model.generate` with no hooks vs our generate path (chat/generate.py)
-  with 3 features steered and the full readout, greedy, same prompt; tokens/s after the first
-  token, until the call returns (so the readout's work after the last token counts);
+  with 3 features steered and the full readout, plain greedy, same prompt; tokens/s after the
+  first token, until the call returns (so the readout's work after the last token counts);
+- the chat's default settings (repetition penalty, n-gram guard) vs plain greedy on our path;
 - prefill of a 512-token prompt (one forward pass) and time to first token (generate, streamed);
 - cold start: a fresh process that imports the app and the engine, loads the model (from the
   converted copy in the cache) and the dictionary, and streams the first token of a reply;
@@ -36,6 +37,7 @@ from chat.prompt import TRANSCRIPT_STOPS, Prompt
 from chat.steering import FeatureSteerer, Steering
 
 DECODE_TARGET = 0.97  # steered / plain decode speed
+CHAT_DEFAULTS_TARGET = 0.95  # the chat's default settings / plain greedy decode speed
 COLD_START_TARGET_S = 10.0
 PREFILL_TOKENS = 512
 REPO = Path(__file__).resolve().parents[1]
@@ -117,12 +119,15 @@ def _plain_run(engine: Engine, ids: list[int], tokens: int) -> tuple[float, floa
     return _rates(start, clock.times, time.perf_counter())
 
 
-def _steered_run(engine: Engine, ids: list[int], tokens: int, steerer: FeatureSteerer) -> tuple[float, float, int]:
-    """Our generate path: steering hooks, stop strings, readout: (time to first token, decode tokens/s, tokens)."""
+def _steered_run(engine: Engine, ids: list[int], tokens: int, steerer: FeatureSteerer,
+                 settings: GenerationSettings | None = None) -> tuple[float, float, int]:
+    """Our generate path: steering hooks, stop strings, readout, with `settings` (default: plain
+    greedy, as the plain run decodes): (time to first token, decode tokens/s, tokens)."""
+    settings = settings or GenerationSettings.greedy(max_new_tokens=tokens)
     clock = _Clock()
     start = time.perf_counter()
     generate(engine.lm, engine.layer, steerer, Prompt(tuple(ids), TRANSCRIPT_STOPS),
-             GenerationSettings(max_new_tokens=tokens), engine.catalog.label, engine.max_acts, streamer=clock)
+             settings, engine.catalog.label, engine.max_acts, streamer=clock)
     return _rates(start, clock.times, time.perf_counter())
 
 
@@ -159,6 +164,20 @@ def bench_decode(engine: Engine, s: Settings, res: Results, mode: str) -> None:
             f">= {DECODE_TARGET}" if mode == "add" else "", ratio >= DECODE_TARGET if mode == "add" else None)
     res.details[f"decode_{mode}"] = {"prompt_tokens": len(ids), "features": [f for f, _ in steerer.steering.strengths],
                                      "plain_runs": plain, "steered_runs": steered}
+
+
+def bench_chat_defaults(engine: Engine, s: Settings, res: Results) -> None:
+    """Decode speed of the chat's default settings (repetition handling) against plain greedy,
+    both on our path with the same steering; a ratio near 1 means the defaults cost nothing."""
+    ids = _text_ids(engine, 128)
+    steerer = _steerer(engine, ids, "add")
+    chat = GenerationSettings(max_new_tokens=s.tokens)
+    greedy, defaults = _interleaved(lambda: _steered_run(engine, ids, s.tokens, steerer),
+                                    lambda: _steered_run(engine, ids, s.tokens, steerer, chat), s.repeats)
+    ratio = _paired([r[1] for r in greedy], [r[1] for r in defaults])
+    res.add("decode, chat defaults vs plain greedy (steered + readout)", "tok/s",
+            statistics.median(r[1] for r in greedy), statistics.median(r[1] for r in defaults), ratio,
+            f">= {CHAT_DEFAULTS_TARGET}", ratio >= CHAT_DEFAULTS_TARGET)
 
 
 def bench_prefill(engine: Engine, s: Settings, res: Results) -> None:
@@ -288,6 +307,8 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
     if s.clamp:
         say("bench: decode (clamp)")
         bench_decode(engine, s, res, "clamp")
+    say("bench: decode with the chat's default settings")
+    bench_chat_defaults(engine, s, res)
     say("bench: prefill and time to first token")
     bench_prefill(engine, s, res)
     if s.cold_starts:

@@ -17,8 +17,10 @@ A spec (see assets/specs/curated.toml):
     min_concept_rate = 0.5       # absent:  concept rate <= max_concept_rate (suppression)
     max_fluency_cost = 4.0       # steered perplexity / unsteered, both under the unsteered model
 
-Each case generates the unsteered and the steered reply for every prompt x seed (greedy when
-temperature is 0, the default) and reports concept rate, baseline rate, log-prob lift, fluency
+Generation settings (seeds, temperature, max_new_tokens, repetition_penalty, no_repeat_ngram,
+frame) may be stated at the top or per case; unstated, they are plain greedy decoding in the
+plain transcript, whatever the chat's defaults are. Each case generates the unsteered and the
+steered reply for every prompt x seed and reports concept rate, baseline rate, log-prob lift, fluency
 cost and the combined score (chat/metrics.py).
 """
 from __future__ import annotations
@@ -31,11 +33,18 @@ from pathlib import Path
 from typing import NamedTuple
 
 from chat import metrics
+from chat.generate import GenerationSettings
+from chat.prompt import FRAMES
 from chat.steering import MODES, Steering, SteeringError, parse_strength
 
+# Generation settings a spec states (top level or per case). Unstated ones are plain greedy
+# decoding in the plain transcript (GenerationSettings.greedy()), what the shipped specs and the
+# curated bands were measured with, so a change of the chat's defaults never moves a spec.
+SETTING_KEYS = ("seeds", "temperature", "max_new_tokens", "repetition_penalty", "no_repeat_ngram", "frame")
 CASE_KEYS = {"name", "feature", "mode", "strength", "terms", "expect", "min_concept_rate", "max_concept_rate",
-             "max_fluency_cost", "prompts", "seeds", "temperature", "max_new_tokens"}
-TOP_KEYS = {"model", "dictionary", "layer", "prompts", "seeds", "temperature", "max_new_tokens", "case"}
+             "max_fluency_cost", "prompts", *SETTING_KEYS}
+TOP_KEYS = {"model", "dictionary", "layer", "prompts", "case", *SETTING_KEYS}
+_SPEC_DEFAULTS = GenerationSettings.greedy()
 
 
 class SpecError(ValueError):
@@ -57,6 +66,15 @@ class Case:
     seeds: tuple[int, ...] = (0,)
     temperature: float = 0.0
     max_new_tokens: int = 32
+    repetition_penalty: float = _SPEC_DEFAULTS.repetition_penalty
+    no_repeat_ngram: int = _SPEC_DEFAULTS.no_repeat_ngram
+    frame: str = _SPEC_DEFAULTS.frame
+
+    def settings(self, seed: int) -> dict:
+        """Engine.reply's settings for one seed."""
+        return {"seed": seed, "temperature": self.temperature, "max_new_tokens": self.max_new_tokens,
+                "repetition_penalty": self.repetition_penalty, "no_repeat_ngram": self.no_repeat_ngram,
+                "frame": self.frame}
 
 
 @dataclass(frozen=True)
@@ -107,6 +125,12 @@ def _number(value, where: str, key: str, lo: float = -math.inf, hi: float = math
     return float(value)
 
 
+def _choice(value, where: str, key: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise _fail(where, f"{key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
 def parse_spec(data: dict, path: str = "<spec>") -> Spec:
     if not isinstance(data, dict):
         raise SpecError(f"{path}: a spec is a table of settings and [[case]] entries")
@@ -116,7 +140,7 @@ def parse_spec(data: dict, path: str = "<spec>") -> Spec:
     raw_cases = data.get("case")
     if not isinstance(raw_cases, list) or not raw_cases:
         raise _fail(path, "no [[case]] entries")
-    defaults = {k: data[k] for k in ("prompts", "seeds", "temperature", "max_new_tokens") if k in data}
+    defaults = {k: data[k] for k in ("prompts", *SETTING_KEYS) if k in data}
     cases = []
     for n, raw in enumerate(raw_cases, 1):
         where = f"{path} case {n}"
@@ -159,6 +183,11 @@ def parse_spec(data: dict, path: str = "<spec>") -> Spec:
             seeds=tuple(seeds),
             temperature=_number(c.get("temperature", 0.0), where, "temperature", 0, 10),
             max_new_tokens=int(_number(c.get("max_new_tokens", 32), where, "max_new_tokens", 1, 512)),
+            repetition_penalty=_number(c.get("repetition_penalty", _SPEC_DEFAULTS.repetition_penalty), where,
+                                       "repetition_penalty", 1, 10),
+            no_repeat_ngram=int(_number(c.get("no_repeat_ngram", _SPEC_DEFAULTS.no_repeat_ngram), where,
+                                        "no_repeat_ngram", 0, 16)),
+            frame=_choice(c.get("frame", _SPEC_DEFAULTS.frame), where, "frame", FRAMES),
         ))
     layer = data.get("layer")
     if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
@@ -186,11 +215,12 @@ class Baselines:
         self.engine = engine
         self.cache: dict[tuple, tuple] = {}
 
-    def get(self, prompt: str, seed: int, temperature: float, max_new_tokens: int):
-        key = (prompt, seed, temperature, max_new_tokens)
+    def get(self, prompt: str, settings: dict):
+        """(reply, prompt ids, perplexity) of the unsteered reply to `prompt` with `settings`."""
+        key = (prompt, *sorted(settings.items()))
         if key not in self.cache:
-            reply = self.engine.reply(prompt, seed=seed, temperature=temperature, max_new_tokens=max_new_tokens)
-            ids = self.engine.prompt(prompt, max_new_tokens).ids
+            reply = self.engine.reply(prompt, **settings)
+            ids = self.engine.prompt(prompt, settings["max_new_tokens"], settings["frame"]).ids
             self.cache[key] = (reply, ids, metrics.perplexity(self.engine, ids, reply.token_ids))
         return self.cache[key]
 
@@ -203,9 +233,8 @@ def run_case(engine, case: Case, baselines: Baselines | None = None) -> CaseResu
     steered_texts, plain_texts, lifts, ppls, plain_ppls = [], [], [], [], []
     for prompt in case.prompts:
         for seed in case.seeds:
-            plain, prompt_ids, plain_ppl = baselines.get(prompt, seed, case.temperature, case.max_new_tokens)
-            steered = engine.reply(prompt, steer=steering, seed=seed, temperature=case.temperature,
-                                   max_new_tokens=case.max_new_tokens)
+            plain, prompt_ids, plain_ppl = baselines.get(prompt, case.settings(seed))
+            steered = engine.reply(prompt, steer=steering, **case.settings(seed))
             steered_texts.append(steered.text)
             plain_texts.append(plain.text)
             ppls.append(metrics.perplexity(engine, prompt_ids, steered.token_ids))

@@ -22,6 +22,32 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
 
 
+def _add_generation_args(p: argparse.ArgumentParser) -> None:
+    """The chat's decoding defaults (GenerationSettings), each overridable; --greedy for plain greedy."""
+    from chat.generate import GenerationSettings
+
+    d = GenerationSettings()
+    p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
+    p.add_argument("--temperature", type=float, help=f"0 = greedy (default {d.temperature:g}); reproducible per seed")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--repetition-penalty", type=float,
+                   help=f"on the reply's own tokens, 1 = off (default {d.repetition_penalty:g})")
+    p.add_argument("--greedy", action="store_true",
+                   help="plain greedy decoding in the plain transcript (no repetition handling, no example "
+                        "exchanges): what the steering specs were measured with")
+
+
+def _generation(args) -> dict:
+    """GenerationSettings fields from the command line (unset ones keep the defaults)."""
+    from chat.generate import GenerationSettings
+
+    base = GenerationSettings.greedy() if args.greedy else GenerationSettings()
+    chosen = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "temperature": args.temperature,
+              "repetition_penalty": args.repetition_penalty}
+    fields = {k: getattr(base, k) for k in ("temperature", "repetition_penalty", "no_repeat_ngram", "frame")}
+    return fields | {k: v for k, v in chosen.items() if v is not None}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chat", description="Steer a language model by its features.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -31,9 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=STRENGTH",
                    help="feature id or label query = strength in multiples of its max activation (repeatable)")
     p.add_argument("--mode", default="add", help="add (push along the feature) or clamp (set its activation)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy, reproducible")
-    p.add_argument("--seed", type=int, default=0)
+    _add_generation_args(p)
     p.add_argument("--top", type=int, default=10, help="how many fired features to list")
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
@@ -54,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer and shorter runs (about a minute on 2 CPU cores)")
     p.add_argument("--tokens", type=int, help="new tokens per decode run (default 64, quick 24)")
     p.add_argument("--repeats", type=int, help="runs of each variant, interleaved (default 5, quick 3)")
+    p.add_argument("--chat", action="store_true",
+                   help="instead, the chat benchmark: loops, empty replies, factual answers, reply length and "
+                        "speed over 40 prompts and 4 conversations, with the chat's default settings "
+                        "(--greedy: plain greedy, as before)")
+    p.add_argument("--greedy", action="store_true", help="with --chat: plain greedy decoding in the plain transcript")
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
 
@@ -79,8 +108,7 @@ def cmd_reply(args) -> None:
     if args.mode not in MODES:
         raise SteeringError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
     engine = _engine(args)
-    reply = engine.reply(args.prompt, steer=steer, mode=args.mode, max_new_tokens=args.max_new_tokens,
-                         temperature=args.temperature, seed=args.seed)
+    reply = engine.reply(args.prompt, steer=steer, mode=args.mode, **_generation(args))
     top = reply.top_features[: args.top]
     for w in reply.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -106,21 +134,27 @@ def cmd_search(args) -> None:
 
     if args.top < 1:
         raise ValueError("--top must be at least 1")
-    hits = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle).search(args.query, top=args.top)
-    rows = [{"id": f.id, "label": f.label, "max_activation": f.max_activation, "density": f.density,
-             "steerability": f.steerability, "curated": f.curated, "strengths": f.strengths} for f in hits]
+    catalog = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle)
+    hits = catalog.search(args.query, top=args.top)
+    rows = [catalog.describe(f.id) for f in hits]
     if args.json:
         print(json.dumps(rows, ensure_ascii=False))
         return
     if not rows:
         print(f"no feature matches {args.query!r}", file=sys.stderr)
+        if catalog.labels_source.startswith("features are unnamed"):
+            print(catalog.labels_source, file=sys.stderr)
     for r in rows:
         stats = f"max {r['max_activation']:.1f}" if r["max_activation"] is not None else ""
         if r["steerability"] is not None:
             stats += f"  steerability {r['steerability']:.2f}"
         if r["strengths"].get("add"):
             stats += f"  add {r['strengths']['add'][0]:g}–{r['strengths']['add'][1]:g}"
+        if r["score"] is not None:
+            stats += f"  detection {r['score']:.2f}"
         print(f"#{r['id']:<6} {r['label']}  {stats}")
+        if r["reads"] or r["writes"]:
+            print(f"{'':8}reads: {', '.join(r['reads'][:6]) or '-'}   writes: {', '.join(r['writes'][:6]) or '-'}")
 
 
 def cmd_encode(args) -> None:
@@ -140,8 +174,28 @@ def cmd_encode(args) -> None:
         print(f"{token!r:>16}  {names}")
 
 
+def cmd_chat_bench(args) -> None:
+    from chat import chat_bench
+    from chat.generate import GenerationSettings
+
+    settings = GenerationSettings.greedy() if args.greedy else GenerationSettings()
+    progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
+    results = chat_bench.run(_engine(args), settings, progress=progress)
+    summary = results.summary()
+    if args.json:
+        print(json.dumps({"summary": summary, "settings": results.settings, "samples": results.samples},
+                         ensure_ascii=False))
+    else:
+        print(chat_bench.table(summary, results.settings))
+
+
 def cmd_bench(args) -> None:
     from chat.bench import Settings, run, table
+
+    if args.chat:
+        return cmd_chat_bench(args)
+    if args.greedy:
+        raise ValueError("--greedy goes with --chat")
 
     settings = Settings.quick() if args.quick else Settings()
     for name in ("tokens", "repeats"):

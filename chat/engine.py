@@ -15,20 +15,21 @@ engine serves many users (threads) at once.
 from __future__ import annotations
 
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Mapping
+from typing import Callable, Mapping
 
 import torch
 from torch import Tensor
 
 from chat.generate import GenerationSettings, Reply, ReplyStream, generate
 from chat.hooks import Recorder, StopForward, attach
+from chat.loops import bad_reply
 from chat.models import LoadedModel, load_model
 from chat.prompt import Prompt, PromptError, build_prompt, clean_text
 from chat.steering import FeatureSteerer, Steering, SteeringError
-from features import formats
+from features import formats, neuronpedia
 from features.catalog import Catalog, Feature, neighbours
 from features.dictionary import Dictionary, DictionaryError
 from features.placeholder import placeholder_catalog, placeholder_dictionary
@@ -71,7 +72,7 @@ class Encoded:
 
 class Engine:
     def __init__(self, lm: LoadedModel, dictionary: Dictionary, catalog: Catalog, layer: int,
-                 dictionary_name: str):
+                 dictionary_name: str, folder: Path | None = None):
         if dictionary.d_in != lm.d_model:
             raise DictionaryError(
                 f"dictionary {dictionary_name!r} reads vectors of size {dictionary.d_in} but "
@@ -80,6 +81,7 @@ class Engine:
         if not 0 <= layer < lm.n_layers:
             raise DictionaryError(f"layer {layer} does not exist ({lm.name} has layers 0..{lm.n_layers - 1})")
         self.lm, self.catalog, self.layer, self.dictionary_name = lm, catalog, layer, dictionary_name
+        self.folder = folder  # the dictionary's local folder (its catalog, presets), if any
         self.dictionary = dictionary.to(next(lm.layers[layer].parameters()).device)
         self.placeholder = bool(dictionary.cfg.get("placeholder"))
         if catalog.max_activation(0) is None:  # no feature has stats
@@ -104,7 +106,8 @@ class Engine:
     def status(self) -> str:
         kind = "PLACEHOLDER dictionary (random, untrained: features mean nothing)" if self.placeholder \
             else f"dictionary {self.dictionary_name}"
-        return (f"{self.lm.name} · layer {self.layer} · {kind} · {self.dictionary.d_sae} features · "
+        labels = f" · {self.catalog.labels_source}" if getattr(self.catalog, "labels_source", "") else ""
+        return (f"{self.lm.name} · layer {self.layer} · {kind} · {self.dictionary.d_sae} features{labels} · "
                 f"{self.lm.device.type} {str(self.lm.dtype).removeprefix('torch.')}")
 
     # -- features -------------------------------------------------------------------------
@@ -137,18 +140,21 @@ class Engine:
         return Steering(resolved, mode=mode)
 
     # -- generation -----------------------------------------------------------------------
-    def prompt(self, messages, max_new_tokens: int) -> Prompt:
+    def prompt(self, messages, max_new_tokens: int, frame: str = "chat") -> Prompt:
         context = min(self.lm.context_length, MAX_CONTEXT)
         if max_new_tokens >= context:
             raise PromptError(f"max_new_tokens must be below {context}, the context length here "
                               f"(the prompt needs room too), got {max_new_tokens}")
-        return build_prompt(self.lm.tokenizer, messages, max_tokens=context - max_new_tokens)
+        return build_prompt(self.lm.tokenizer, messages, max_tokens=context - max_new_tokens, frame=frame)
 
     def _prepare(self, messages, steer, mode, settings: dict):
-        gen = GenerationSettings(**settings)
+        base = settings.pop("settings", None) or GenerationSettings()
+        if not isinstance(base, GenerationSettings):
+            raise TypeError(f"settings must be a GenerationSettings, got {type(base).__name__}")
+        gen = replace(base, **settings)
         steering = self.steering(steer, mode)
         steerer = FeatureSteerer(self.dictionary, steering, self.max_acts)
-        return self.prompt(messages, gen.max_new_tokens), steerer, gen
+        return self.prompt(messages, gen.max_new_tokens, gen.frame), steerer, gen
 
     def _generate(self, prompt, steerer, gen, streamer=None, cancel=None) -> Reply:
         reply = generate(self.lm, self.layer, steerer, prompt, gen, self.catalog.label, self.max_acts,
@@ -158,11 +164,18 @@ class Engine:
                 f"the conversation was too long: dropped {prompt.dropped_turns} older turn(s) and "
                 f"{prompt.clipped_tokens} token(s) from the start of the oldest kept message"
             )
+        bad = bad_reply(reply.text) if reply.finish_reason != "cancelled" else None
+        if bad == "loops":
+            reply.warnings.append("the reply repeats itself; the model will see it only up to where it starts "
+                                  "repeating (try Retry, or another seed with temperature > 0)")
+        elif bad == "empty":
+            reply.warnings.append("the reply is empty; the model will not see this exchange again")
         return reply
 
     def reply(self, messages, steer: Steering | Mapping | None = None, mode: str = "add", **settings) -> Reply:
         """One reply to `messages` (a str, or [{"role", "content"}] ending with a user turn).
-        settings: GenerationSettings fields (max_new_tokens, temperature, top_p, seed, ...)."""
+        settings: GenerationSettings fields (max_new_tokens, temperature, top_p, seed, ...), or
+        `settings=GenerationSettings.greedy()` (a whole set) plus fields that override it."""
         return self._generate(*self._prepare(messages, steer, mode, settings))
 
     def stream(self, messages, steer: Steering | Mapping | None = None, mode: str = "add", **settings) -> ReplyStream:
@@ -194,24 +207,32 @@ class Engine:
 
 
 def load_catalog(model: str | Path | None = None, dictionary: str | Path | None = None,
-                 *, allow_pickle: bool = False) -> Catalog:
-    """The feature catalog that `load` would use, without loading the model (fast search)."""
+                 *, allow_pickle: bool = False, progress: Callable[[str], None] | None = None) -> Catalog:
+    """The feature catalog that `load` would use, without loading the model (fast search).
+    A catalog without labels gets Neuronpedia's, where the dictionary maps to a source
+    (features/neuronpedia.py; `progress` hears about a download); `.labels_source` says which."""
     if dictionary is None and model is None and DEFAULT_DICTIONARY.exists():
         dictionary = DEFAULT_DICTIONARY
     if dictionary is None:
         return placeholder_catalog()
     d, folder = formats.load(dictionary, allow_pickle=allow_pickle)
-    return Catalog.load(folder, d.d_sae, key=d.fingerprint())
+    catalog = Catalog.load(folder, d.d_sae, key=d.fingerprint())
+    neuronpedia.name_catalog(catalog, d.cfg, folder, ref=dictionary, model=model, progress=progress)
+    return catalog
 
 
 def load(model: str | Path | None = None, dictionary: str | Path | None = None, layer: int | None = None,
-         *, device: str | None = None, allow_pickle: bool = False, lm: LoadedModel | None = None) -> Engine:
+         *, device: str | None = None, allow_pickle: bool = False, lm: LoadedModel | None = None,
+         progress: Callable[[str], None] | None = None) -> Engine:
     """Load a model and a dictionary into an Engine.
 
     model: None (embedded Gemma 3 270M), a hub id or a local folder. dictionary: a local path
     or `owner/repo/sub/folder` on the hub; None uses assets/dictionary for the embedded model
     and otherwise a clearly labelled random placeholder. layer: overrides the dictionary's own.
     `lm` reuses an already loaded model (tests, several dictionaries on one model).
+    A dictionary without labels gets Neuronpedia's where it maps to a source (fetched once and
+    cached; `progress` hears about each batch, default stderr); `status()` says where labels
+    came from, or that the features are unnamed and how to name them.
     """
     lm = lm or load_model(model, device=device)
     if dictionary is None and model is None and lm.name.startswith("gemma-3-270m") and DEFAULT_DICTIONARY.exists():
@@ -225,4 +246,5 @@ def load(model: str | Path | None = None, dictionary: str | Path | None = None, 
     if layer is None:
         raise DictionaryError(f"dictionary {str(dictionary)!r} does not say which layer it reads; pass a layer")
     catalog = Catalog.load(folder, d.d_sae, key=d.fingerprint())
-    return Engine(lm, d, catalog, layer, str(dictionary))
+    neuronpedia.name_catalog(catalog, d.cfg, folder, ref=dictionary, model=model, progress=progress)
+    return Engine(lm, d, catalog, layer, str(dictionary), folder)

@@ -15,7 +15,7 @@ import math
 import queue
 import threading
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 from torch import Tensor
@@ -25,7 +25,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from chat.hooks import Recorder, StopForward, attach
 from chat.models import LoadedModel
-from chat.prompt import Prompt, reply_length
+from chat.prompt import FRAMES, Prompt, reply_length
 from chat.readout import FeatureHit, Readout
 from chat.steering import FeatureSteerer, Steering
 
@@ -38,14 +38,32 @@ class GenerationError(RuntimeError):
 
 @dataclass(frozen=True)
 class GenerationSettings:
-    """Decoding knobs that travel together. temperature 0 = greedy (reproducible)."""
+    """Decoding knobs that travel together; the defaults are the chat's (app, /generate, CLI and
+    Python API alike). temperature 0 = greedy, and any temperature is reproducible for a given
+    seed. `GenerationSettings.greedy()` is plain greedy decoding in the plain transcript, which
+    steering specs, `chat check`, calibration and benchmarks state and keep using.
+
+    repetition_penalty looks at the reply's own tokens only, no_repeat_ngram also at the
+    conversation's earlier replies: the rest of the prompt holds words an answer must repeat
+    ("the capital of France is ...").
+    """
 
     max_new_tokens: int = 64
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-    repetition_penalty: float = 1.0
+    # Measured with `python -m chat bench --chat` (docs/chat-benchmark.md): plain greedy loops on
+    # 9% of replies and repeats whole replies in conversations; these settings, on none.
+    repetition_penalty: float = 1.2  # CTRL-style, on tokens the reply already holds; 1 = off
+    no_repeat_ngram: int = 4  # never repeat a token 4-gram of this or an earlier reply; 0 = off
+    frame: str = "chat"  # base-model transcript: "chat" (with example exchanges) or "plain" (chat/prompt.py)
     timeout: float = 300.0  # seconds a stream waits for the next token
+
+    @classmethod
+    def greedy(cls, **overrides) -> "GenerationSettings":
+        """Plain greedy decoding in the plain transcript: what the steering bands were measured with."""
+        return cls(**{"temperature": 0.0, "repetition_penalty": 1.0, "no_repeat_ngram": 0, "frame": "plain",
+                      **overrides})
 
     def __post_init__(self) -> None:
         def bad(msg: str):
@@ -59,6 +77,11 @@ class GenerationSettings:
             v = getattr(self, name)
             if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi):
                 bad(f"{name} must be a number between {lo:g} and {hi:g}, got {v!r}")
+        if isinstance(self.no_repeat_ngram, bool) or not isinstance(self.no_repeat_ngram, int) \
+                or not (self.no_repeat_ngram == 0 or 2 <= self.no_repeat_ngram <= 16):
+            bad(f"no_repeat_ngram must be 0 (off) or an integer between 2 and 16, got {self.no_repeat_ngram!r}")
+        if self.frame not in FRAMES:
+            bad(f"frame must be one of {', '.join(FRAMES)}, got {self.frame!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             bad(f"seed must be an integer between 0 and 2**64-1, got {self.seed!r}")
         if not self.timeout > 0:
@@ -103,6 +126,64 @@ class _RefuseNaN(LogitsProcessor):
         return scores
 
 
+class _ReplyRepetitionPenalty(LogitsProcessor):
+    """CTRL's repetition penalty (positive logits divided by `penalty`, negative multiplied) on
+    the tokens the reply has generated so far, not the prompt's.
+
+    >>> p = _ReplyRepetitionPenalty(prompt_len=1, penalty=2.0)
+    >>> p(torch.tensor([[0, 1]]), torch.tensor([[4.0, 4.0, -4.0]])).tolist()
+    [[4.0, 2.0, -4.0]]
+    """
+
+    def __init__(self, prompt_len: int, penalty: float):
+        if not penalty >= 1.0:
+            raise ValueError(f"penalty must be at least 1, got {penalty}")
+        self.prompt_len, self.penalty = prompt_len, penalty
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        reply = input_ids[:, self.prompt_len:]  # (B, t)
+        if reply.shape[1] == 0:
+            return scores
+        seen = scores.gather(1, reply)  # (B, t)
+        seen = torch.where(seen < 0, seen * self.penalty, seen / self.penalty)
+        return scores.scatter(1, reply, seen)
+
+
+class _NoRepeatNGram(LogitsProcessor):
+    """Bans the tokens that would complete an n-gram the reply already holds, or one of the
+    conversation's earlier replies (`history`: their token ids), so that neither a reply nor a
+    conversation goes round in circles. The rest of the prompt may share n-grams with the
+    reply: a reply may quote the question.
+
+    >>> p = _NoRepeatNGram(prompt_len=0, n=2)
+    >>> p(torch.tensor([[5, 6, 5]]), torch.zeros(1, 8))[0, 6].item()
+    -inf
+    >>> _NoRepeatNGram(prompt_len=1, n=2, history=[[4, 7]])(torch.tensor([[0, 4]]), torch.zeros(1, 8))[0, 7].item()
+    -inf
+    """
+
+    def __init__(self, prompt_len: int, n: int, history: Sequence[Sequence[int]] = ()):
+        if n < 2:
+            raise ValueError(f"n must be at least 2, got {n}")
+        self.prompt_len, self.n = prompt_len, n
+        self.seen: dict[tuple[int, ...], set[int]] = {}  # (n-1)-gram -> tokens that followed it
+        for ids in history:
+            for i in range(len(ids) - n + 1):
+                self.seen.setdefault(tuple(ids[i:i + n - 1]), set()).add(ids[i + n - 1])
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        scores = scores.clone()
+        k = self.n - 1
+        for row, ids in enumerate(input_ids[:, self.prompt_len:].tolist()):
+            if len(ids) < k:
+                continue
+            prefix = ids[len(ids) - k:]
+            banned = set(self.seen.get(tuple(prefix), ()))
+            banned.update(ids[i + k] for i in range(len(ids) - k) if ids[i:i + k] == prefix)
+            scores[row, list(banned)] = float("-inf")
+        return scores
+
+
 class _StopStrings(StoppingCriteria):
     def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...]):
         self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
@@ -140,6 +221,11 @@ def generate(
     prompt_len = len(prompt.ids)
     input_ids = torch.tensor([prompt.ids], device=lm.device)  # (1, T)
     processors = LogitsProcessorList([_RefuseNaN()])
+    if settings.repetition_penalty > 1.0:
+        processors.append(_ReplyRepetitionPenalty(prompt_len, settings.repetition_penalty))
+    if settings.no_repeat_ngram:
+        history = [prompt.ids[a:b] for a, b in prompt.replies]
+        processors.append(_NoRepeatNGram(prompt_len, settings.no_repeat_ngram, history))
     if settings.temperature > 0:
         if settings.top_p < 1.0:
             processors.append(TopPLogitsWarper(settings.top_p))
@@ -150,7 +236,6 @@ def generate(
     config = GenerationConfig(
         max_new_tokens=settings.max_new_tokens,
         do_sample=False,
-        repetition_penalty=settings.repetition_penalty,
         eos_token_id=lm.model.generation_config.eos_token_id,
         pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
         return_dict_in_generate=True,

@@ -11,7 +11,11 @@ Two formats:
       User: Tell me about bridges.
       Assistant:
 
-  with a stop rule: the reply ends where the model starts the next turn ("\\nUser:").
+  with a stop rule: the reply ends where the model starts the next turn ("\\nUser:"). The
+  default "chat" frame puts a few example exchanges (CHAT_EXAMPLES) after the header.
+
+A bad assistant turn in the history goes back to the model trimmed (chat/loops.py): a looping
+reply up to where it starts repeating; an empty one is left out with the message it answered.
 
 User text is tokenised with special-token parsing off, so typing "<eos>" or "<start_of_turn>"
 gives plain text, never control tokens. Replies are cut from generated token ids (whole tokens),
@@ -22,7 +26,20 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from chat.loops import trim
+
 TRANSCRIPT_HEADER = "A conversation between a User and a helpful, knowledgeable Assistant."
+# The "chat" frame shows a base model a few answered questions before the conversation, so it
+# answers in kind (short, on topic, in its own voice); the user never sees them. The "plain"
+# frame is the header alone, as the steering bands and specs were measured.
+CHAT_EXAMPLES = (
+    ("Hello! Who are you?", "Hi! I'm an assistant. Ask me anything and I'll do my best to help."),
+    ("What is the tallest mountain in the world?", "Mount Everest, in the Himalayas."),
+    ("Can you give me a tip for sleeping better?",
+     "Go to bed at the same time every night, and keep your bedroom dark, quiet and cool."),
+    ("Write two lines about the moon.", "Silver lamp above the sea,\nyou light the night for you and me."),
+)
+FRAMES = ("chat", "plain")
 TRANSCRIPT_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 TRANSCRIPT_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:")
 
@@ -37,6 +54,7 @@ class Prompt:
     stop_strings: tuple[str, ...]  # the reply ends before the first of these
     dropped_turns: int = 0  # older messages left out to fit the context window
     clipped_tokens: int = 0  # tokens cut from the start of the oldest kept message
+    replies: tuple[tuple[int, int], ...] = ()  # [start, end) of earlier assistant turns in ids
 
 
 def clean_text(text: str) -> str:
@@ -81,8 +99,24 @@ def _encode_text(tokenizer, text: str, trusted: bool) -> list[int]:
     return tokenizer.encode(text, add_special_tokens=False, split_special_tokens=not trusted)
 
 
-def _segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
-    """The prompt as (text, trusted) pieces; message contents are the untrusted ones."""
+def sanitise_history(messages: list[dict]) -> list[dict]:
+    """Earlier assistant turns as the model should see them: looping ones trimmed, empty ones
+    dropped together with the user message they answered."""
+    out: list[dict] = []
+    for m in messages:
+        if m["role"] == "assistant":
+            if not m["content"].strip():
+                if out and out[-1]["role"] == "user":
+                    out.pop()
+                continue
+            m = {**m, "content": trim(m["content"])}
+        out.append(m)
+    return out
+
+
+def _segments(tokenizer, messages: list[dict], frame: str) -> list[tuple[str, bool, str | None]]:
+    """The prompt as (text, trusted, role) pieces; message contents are the untrusted ones, with
+    their message's role (None for the format's own text)."""
     if getattr(tokenizer, "chat_template", None):
         # Render with placeholders, then splice the contents back in as untrusted text.
         marks = [f"\ue000{i}\ue001" for i in range(len(messages))]
@@ -91,46 +125,66 @@ def _segments(tokenizer, messages: list[dict]) -> list[tuple[str, bool]]:
         pieces = re.split("\ue000(\\d+)\ue001", rendered)
         segs = []
         for j, piece in enumerate(pieces):
-            segs.append((messages[int(piece)]["content"], False) if j % 2 else (piece, True))
+            m = messages[int(piece)] if j % 2 else None
+            segs.append((m["content"], False, m["role"]) if m else (piece, True, None))
         return segs
     bos = tokenizer.bos_token or ""
-    segs = [(f"{bos}{TRANSCRIPT_HEADER}\n", True)]
+    segs = [(f"{bos}{TRANSCRIPT_HEADER}\n", True, None)]
+    if frame == "chat":
+        segs += [("".join(f"\nUser: {q}\nAssistant: {a}" for q, a in CHAT_EXAMPLES), True, None)]
     for m in messages:
         # The space before the content belongs to the content, as in natural "User: Hi".
-        segs += [(f"\n{TRANSCRIPT_ROLES[m['role']]}:", True), (" " + m["content"].strip(), False)]
-    segs.append(("\nAssistant:", True))
+        segs += [(f"\n{TRANSCRIPT_ROLES[m['role']]}:", True, None), (" " + m["content"].strip(), False, m["role"])]
+    segs.append(("\nAssistant:", True, None))
     return segs
 
 
-def _tokenize(tokenizer, messages: list[dict]) -> list[int]:
+def _tokenize(tokenizer, messages: list[dict], frame: str) -> list[int]:
+    return _tokenize_with_replies(tokenizer, messages, frame)[0]
+
+
+def _tokenize_with_replies(tokenizer, messages: list[dict], frame: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """(prompt ids, [(start, end)] of each earlier assistant turn's content in them)."""
     ids: list[int] = []
-    for text, trusted in _segments(tokenizer, messages):
+    replies: list[tuple[int, int]] = []
+    for text, trusted, role in _segments(tokenizer, messages, frame):
         if text:
+            start = len(ids)
             ids += _encode_text(tokenizer, text, trusted)
-    return ids
+            if role == "assistant":
+                replies.append((start, len(ids)))
+    return ids, replies
 
 
-def build_prompt(tokenizer, messages, max_tokens: int) -> Prompt:
+def build_prompt(tokenizer, messages, max_tokens: int, frame: str = "chat") -> Prompt:
     """Token ids for `messages`, dropping the oldest turns (then clipping the oldest kept
-    message from its start) so that at most `max_tokens` remain."""
-    messages = normalise(messages)
+    message from its start) so that at most `max_tokens` remain. `frame` ("chat" or "plain")
+    applies to base models' transcripts (the chat frame's examples are left out first when the
+    prompt is too long); a chat template is used as it is."""
+    if frame not in FRAMES:
+        raise PromptError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
+    messages = sanitise_history(normalise(messages))
     stops = () if getattr(tokenizer, "chat_template", None) else TRANSCRIPT_STOPS
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     dropped = 0
-    ids = _tokenize(tokenizer, system + turns)
+    ids = _tokenize(tokenizer, system + turns, frame)
+    if len(ids) > max_tokens and frame == "chat":
+        # The example exchanges are the first thing to go: the conversation matters more.
+        frame = "plain"
+        ids = _tokenize(tokenizer, system + turns, frame)
     if len(ids) > max_tokens and len(turns) > 1:
         # The fewest oldest turns to drop, by bisection: dropping more never lengthens the prompt,
         # and re-tokenising the history once per dropped turn is quadratic (47 s at 1,000 turns).
         lo, hi = 1, len(turns) - 1  # keeping only the newest turn is the most we drop
         while lo < hi:
             mid = (lo + hi) // 2
-            if len(_tokenize(tokenizer, system + turns[mid:])) <= max_tokens:
+            if len(_tokenize(tokenizer, system + turns[mid:], frame)) <= max_tokens:
                 hi = mid
             else:
                 lo = mid + 1
         turns, dropped = turns[lo:], lo
-        ids = _tokenize(tokenizer, system + turns)
+        ids = _tokenize(tokenizer, system + turns, frame)
     clipped = 0
     while len(ids) > max_tokens:
         # One message alone is too long: keep its newest tokens.
@@ -140,8 +194,9 @@ def build_prompt(tokenizer, messages, max_tokens: int) -> Prompt:
             raise PromptError(f"the prompt format alone needs more than {max_tokens} tokens")
         clipped += overflow + 2  # slack: re-tokenising the clipped text can merge differently
         turns = turns[:-1] + [{"role": "user", "content": tokenizer.decode(body[overflow + 2:])}]
-        ids = _tokenize(tokenizer, system + turns)
-    return Prompt(tuple(ids), stops, dropped, clipped)
+        ids = _tokenize(tokenizer, system + turns, frame)
+    ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
+    return Prompt(tuple(ids), stops, dropped, clipped, tuple(replies))
 
 
 def reply_length(tokenizer, ids: list[int], stop_strings: tuple[str, ...], final: bool) -> int:

@@ -37,9 +37,8 @@ def prompting(engine, case: Case, baselines: Baselines) -> tuple[float, float, f
     texts, ppls, plain_ppls = [], [], []
     for prompt in case.prompts:
         for seed in case.seeds:
-            _, prompt_ids, plain_ppl = baselines.get(prompt, seed, case.temperature, case.max_new_tokens)
-            asked = engine.reply(INSTRUCTION.format(prompt=prompt, concept=concept), seed=seed,
-                                 temperature=case.temperature, max_new_tokens=case.max_new_tokens)
+            _, prompt_ids, plain_ppl = baselines.get(prompt, case.settings(seed))
+            asked = engine.reply(INSTRUCTION.format(prompt=prompt, concept=concept), **case.settings(seed))
             texts.append(asked.text)
             ppls.append(metrics.perplexity(engine, prompt_ids, asked.token_ids))
             plain_ppls.append(plain_ppl)

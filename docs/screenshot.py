@@ -1,8 +1,11 @@
 """Take the README screenshot of a running app (python app.py), with Playwright and Debian chromium.
 
+    python docs/screenshot.py http://127.0.0.1:7860 docs/app.png            # the first preset
     python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --feature bridge --strength 4
 
-Finds FEATURE, steers with it, sends MESSAGE with compare on, opens the top fired feature.
+Clicks the first example message, then the first preset (its sliders, Compare on, its message),
+or with --feature finds FEATURE, steers with it and sends MESSAGE with compare on; then opens
+the top fired feature.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("url")
     p.add_argument("out")
-    p.add_argument("--feature", default="bridge", help="a name or an id to steer with")
+    p.add_argument("--feature", help="a name or an id to steer with, instead of the first preset")
     p.add_argument("--strength", default="4")
     p.add_argument("--message", default="Tell me about your weekend.")
     p.add_argument("--max-new-tokens", default="48")
@@ -33,21 +36,28 @@ def main() -> None:
         expect.set_options(timeout=WAIT_MS)
         page.goto(args.url)
         expect(page.locator("#status")).to_contain_text("Loaded:")
-        page.locator("#feature-search textarea").fill(args.feature)
-        page.locator("#feature-search textarea").press("Enter")
-        expect(page.locator("#feature-matches input")).not_to_have_value("")
-        page.locator("#add-feature").click()
-        strength = page.locator("#steer-slider-0 input[type=number]")
-        strength.fill(args.strength)
-        strength.press("Enter")
         page.locator("#settings").get_by_text("Generation settings").click()
         tokens = page.locator("#max-new-tokens input[type=number]")
         tokens.fill(args.max_new_tokens)
         tokens.press("Enter")
         page.locator("#settings").get_by_text("Generation settings").click()  # closed again: a shorter page
-        page.locator("#compare input").check()
-        page.locator("#message textarea").fill(args.message)
-        page.locator("#message textarea").press("Enter")
+        if args.feature:
+            page.locator("#feature-search textarea").fill(args.feature)
+            page.locator("#feature-search textarea").press("Enter")
+            expect(page.locator("#feature-matches input")).not_to_have_value("")
+            page.locator("#add-feature").click()
+            strength = page.locator("#steer-slider-0 input[type=number]")
+            strength.fill(args.strength)
+            strength.press("Enter")
+            page.locator("#compare input").check()
+            page.locator("#message textarea").fill(args.message)
+            page.locator("#message textarea").press("Enter")
+        else:
+            page.locator("#example-0").click()
+            expect(page.locator("#chat .bot").first).to_be_visible()
+            page.wait_for_function("() => !document.querySelector('.generating')", timeout=WAIT_MS)
+            page.locator("#preset-0").click()
+            expect(page.locator("#compare input")).to_be_checked()
         expect(page.locator("#fired button").first).to_be_visible()
         expect(page.locator("#reply-unsteered textarea")).not_to_have_value("")
         # The unsteered reply streams after the steered one; Gradio marks outputs still streaming.

@@ -51,7 +51,15 @@ _STOP_WORDS = frozenset("a an and about by for in of on or the to with".split())
 _PREFIX_MIN_CHARS = 3  # "a" or "do" as a prefix would match half the vocabulary
 _FUZZY_MIN_CHARS = 4  # short words have too many one-letter neighbours ("dog" ~ "dot")
 _FUZZY_CUTOFF = 0.8  # difflib ratio; "brdige"~"bridge" is 0.83, "dog"~"dot" 0.67
-_FUZZY, _PREFIX, _EXACT, _PHRASE = range(4)  # match tiers, best last
+# Match tiers, best last. A meaning match (the query word, a synonym, a derived form, a more
+# specific or general word in the name, reads or writes) outranks a prefix or typo match.
+_FUZZY, _PREFIX, _MEANING, _EXACT, _PHRASE = range(5)
+# How much a meaning match counts by where the word is: the name says what the feature is;
+# writes, what steering with it says; reads, the words it fires on.
+_FIELD_WEIGHT = {"name": 1.0, "writes": 0.9, "reads": 0.8}
+# Writers rank first when they write the query word itself, a synonym or a derived form; one
+# that writes "red" does not outrank a feature named "colour".
+_WRITES_FIRST_CLOSENESS = 0.85
 _WORD = re.compile(r"\w+")
 
 
@@ -112,6 +120,8 @@ class Catalog:
         stored = _read_renames(self._renames_path) if self._renames_path and self._renames_path.exists() else {}
         self._renames = {i: label for i, label in stored.items() if i < d_sae}
         self._index: _Index | None = None  # built on the first search
+        # Where the labels came from, or why there are none, for status lines (features/neuronpedia.py).
+        self.labels_source = ""
         self._update_fallback()
 
     @classmethod
@@ -151,6 +161,21 @@ class Catalog:
     def label(self, i: int) -> str:
         return self[i].label or f"feature {i}"
 
+    def describe(self, i: int) -> dict:
+        """Feature i as search results show it (CLI `search --json`, the app's /search): `label`
+        is the display name (a person's where curated or renamed), `name` the automatic one,
+        `reads`/`writes` whole words, `score` its detection score (None when not measured)."""
+        f = self[i]
+        words = lambda key: [w for w in f.extra.get(key) or [] if isinstance(w, str)]
+        return {"id": f.id, "label": self.label(i), "name": f.extra.get("name") or self.label(i),
+                "kind": f.extra.get("kind"), "reads": words("reads"), "writes": words("writes"),
+                "score": f.extra.get("score"), "max_activation": f.max_activation, "density": f.density,
+                "steerability": f.steerability, "curated": f.curated, "strengths": f.strengths}
+
+    def has_labels(self) -> bool:
+        """Whether any feature has a label of its own (user renames do not count)."""
+        return any(f.label for f in self._features.values())
+
     def max_activation(self, i: int) -> float | None:
         """The feature's own max activation; else the median over features that have one, a
         typical scale for steering strengths; None when no feature has stats."""
@@ -166,11 +191,14 @@ class Catalog:
             feature.max_activation, feature.density = m, d
         self._update_fallback()
 
-    def search(self, query: str, top: int = 10) -> list[Feature]:
+    def search(self, query: str, top: int = 10, writes_first: bool = True) -> list[Feature]:
         """Features whose label matches `query`, best first: exact phrase > every word exact >
-        every word exact or as a prefix > some word only fuzzily (typos). Within a tier, curated
-        features first, then closer word matches, labels with fewer other words and more
-        steerable features (closeness x (0.5 + 0.5 steerability)).
+        every word by meaning (features/lexicon.py: the word or a synonym, derived form, more
+        specific or more general word in the name, reads or writes) > every word exact or as a
+        prefix > some word only fuzzily (typos). Within a tier, curated features first; then,
+        with `writes_first` (choosing what to steer with), features that write the query word
+        (or a synonym or derived form); then closer word matches, labels with fewer other words
+        and more steerable features (closeness x (0.5 + 0.5 steerability)).
         A number also matches that feature id, ranked first. An empty query is a ValueError."""
         query = str(query).strip()
         if not query:
@@ -178,7 +206,7 @@ class Catalog:
         hits = [self[int(query)]] if query.isdecimal() and int(query) < self.d_sae else []
         if self._index is None:
             self._index = _Index({i: self[i] for i in self._features.keys() | self._renames.keys()})
-        ranked = self._index.search(_words(query), top + 1)  # a spare in case it repeats the id hit
+        ranked = self._index.search(_words(query), top + 1, writes_first)  # a spare in case it repeats the id hit
         hits += [self[i] for i in ranked if not (hits and i == hits[0].id)]
         return hits[:max(top, 0)]
 
@@ -278,7 +306,23 @@ class _Index:
         for i, words in self.words.items():
             for w in words:
                 self.postings[w].add(i)
-        self.vocab = sorted(self.postings)  # for prefix scans with bisect
+        # Meaning matches: every word of names, reads and writes -> {feature id: field weight}.
+        self.fields: dict[str, dict[int, float]] = defaultdict(dict)
+        self.writes: dict[int, set[str]] = {}
+        for i, f in features.items():
+            # "fires on almost every token" says what a feature is, not what it means: no "fire".
+            name = self.words.get(i, ()) if f.extra.get("kind") != "dense" else ()
+            fields = [("name", name), ("reads", _list_words(f.extra.get("reads"))),
+                      ("writes", _list_words(f.extra.get("writes")))]
+            for name, words in fields:
+                for w in words:
+                    if self.fields[w].get(i, 0.0) < _FIELD_WEIGHT[name]:
+                        self.fields[w][i] = _FIELD_WEIGHT[name]
+            self.writes[i] = set(fields[2][1])
+        # Prefixes and typos match the words of reads and writes too ("brdige" finds a feature
+        # that reads "bridge"), at their own tiers.
+        self.vocab = sorted(self.fields)  # for prefix scans with bisect
+        self._narrower: dict[str, dict[str, float]] | None = None  # broader word -> {word: closeness}
         self.by_length: dict[int, list[str]] = defaultdict(list)
         for w in self.vocab:
             self.by_length[len(w)].append(w)
@@ -305,17 +349,78 @@ class _Index:
                         found[w] = (_FUZZY, ratio)
         return found
 
-    def search(self, query: tuple[str, ...], top: int) -> list[int]:
+    def meaning_matches(self, q: str) -> dict[str, float]:
+        """Words of names, reads and writes that mean query word `q` -> closeness in 0..1."""
+        from features.lexicon import default
+
+        lexicon = default()
+        found = {q: 1.0} if q in self.fields else {}
+        if lexicon is None or not q.isalpha():  # numbers mean themselves ("5" is not "a number")
+            return found
+        lemma = lexicon.lemma(q)
+        if lemma in self.fields:
+            found[lemma] = 1.0
+        for w, rel in lexicon.meanings(q).items():
+            if w in self.fields and rel.how != "category" and (rel.how != "broader" or rel.closeness >= 0.55):
+                found.setdefault(w, rel.closeness)
+        if self._narrower is None:
+            self._narrower = defaultdict(dict)
+            for w in self.fields:
+                if not w.isalpha() or len(w) < 3:
+                    continue
+                for up, rel in lexicon.meanings(w).items():
+                    if rel.how in ("broader", "category"):
+                        self._narrower[up][w] = max(self._narrower[up].get(w, 0.0), rel.closeness + 0.2)
+        for w, c in self._narrower.get(lemma, {}).items():  # "dog" for "animal"
+            found[w] = max(found.get(w, 0.0), min(c, 0.8))
+        return found
+
+    def corrections(self, q: str, top: int = 1) -> list[tuple[str, float]]:
+        """Lexicon words a typo away from `q` (difflib ratio >= the fuzzy cutoff), closest first."""
+        from features.lexicon import default
+
+        lexicon = default()
+        if lexicon is None or len(q) < _FUZZY_MIN_CHARS or not q.isalpha() or lexicon.knows(q):
+            return []
+        matcher = SequenceMatcher(b=q)
+        found = []
+        for w in lexicon.by_length(len(q) * 2 // 3, len(q) * 3 // 2 + 1):
+            matcher.set_seq1(w)
+            if (matcher.real_quick_ratio() >= _FUZZY_CUTOFF and matcher.quick_ratio() >= _FUZZY_CUTOFF
+                    and (ratio := matcher.ratio()) >= _FUZZY_CUTOFF):
+                found.append((w, ratio))
+        # Fewest edits first (a swapped pair is one edit: "brdige" is "bridge", not "birdie").
+        return sorted(found, key=lambda wr: (_edits(q, wr[0]), -wr[1]))[:top]
+
+    def search(self, query: tuple[str, ...], top: int, writes_first: bool = True) -> list[int]:
         # Stop words only count when the query has nothing else ("the").
         content = [w for w in query if w not in _STOP_WORDS] or list(query)
         if not content:
             return []
         per_word = []  # for each query word: feature id -> its best (tier, closeness)
+        writes_match: set[int] = set()
         for q in content:
             best: dict[int, tuple[int, float]] = {}
             for w, match in self.word_matches(q).items():
-                for i in self.postings[w]:
+                for i in self.postings.get(w, ()):
                     best[i] = max(best.get(i, match), match)
+                if match[0] < _EXACT:
+                    for i, weight in self.fields[w].items():
+                        scaled = (match[0], match[1] * weight)
+                        best[i] = max(best.get(i, scaled), scaled)
+            for w, closeness in self.meaning_matches(q).items():
+                for i, weight in self.fields[w].items():
+                    match = (_MEANING, closeness * weight)
+                    if best.get(i, (-1, 0.0)) < match:
+                        best[i] = match
+                    if w in self.writes[i] and closeness >= _WRITES_FIRST_CLOSENESS:
+                        writes_match.add(i)
+            if not best:  # a typo of a word no feature uses: what the word it meant means ("brdige")
+                for fixed, ratio in self.corrections(q):
+                    for w, closeness in self.meaning_matches(fixed).items():
+                        for i, weight in self.fields[w].items():
+                            match = (_FUZZY, ratio * closeness * weight)
+                            best[i] = max(best.get(i, match), match)
             per_word.append(best)
         ranked = []
         for i in set.intersection(*(set(best) for best in per_word)):  # every word must match
@@ -323,12 +428,14 @@ class _Index:
             tier = min(t for t, _ in matches)
             if tier == _EXACT and _contains(self.words[i], query):
                 tier = _PHRASE
-            coverage = min(1.0, len(content) / self.length[i])
+            coverage = min(1.0, len(content) / self.length.get(i, len(content)))
             score = sum(c for _, c in matches) / len(matches) * (0.5 + 0.5 * coverage)
             # Within a tier: features a person checked first, then those that write what they
             # name (steerability), then closeness of the words.
             score *= 0.5 + 0.5 * self.steerability[i]
-            ranked.append((-tier, i not in self.curated, -round(score, 3), i))
+            # Curated features first: a person read them and labelled them by what they write.
+            writer = writes_first and i in writes_match
+            ranked.append((-tier, i not in self.curated, not writer, -round(score, 3), i))
         return [key[-1] for key in heapq.nsmallest(top, ranked)]
 
 
@@ -346,6 +453,24 @@ def neighbours(dictionary, i: int, k: int = 10) -> list[tuple[int, float]]:
     cos[i] = -math.inf
     top = torch.topk(cos, min(k, d_sae - 1))
     return list(zip(top.indices.tolist(), top.values.tolist()))
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal string alignment distance: insertions, deletions, substitutions, adjacent swaps."""
+    d = [[i + j if i * j == 0 else 0 for j in range(len(b) + 1)] for i in range(len(a) + 1)]
+    for i in range(1, len(a) + 1):
+        for j in range(1, len(b) + 1):
+            d[i][j] = min(d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
+    return d[len(a)][len(b)]
+
+
+def _list_words(values: object) -> tuple[str, ...]:
+    """The words of a list of strings (a feature's reads or writes), read defensively."""
+    if not isinstance(values, list):
+        return ()
+    return tuple(w for v in values if isinstance(v, str) for w in _words(v))
 
 
 def _words(text: str) -> tuple[str, ...]:

@@ -3,13 +3,14 @@
     python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
     python -m features prune --dictionary runs/l9-sae/dictionary --shards runs/l9 --out runs/l9-pruned
-    python -m features label --dictionary runs/l9-sae/dictionary          # -> features.json
+    python -m features label --dictionary runs/l9-sae/dictionary          # names, reads, scores -> features.json
     python -m features steerability --dictionary runs/l9-sae/dictionary   # output scores -> features.json
     python -m features calibrate --dictionary runs/l9-sae/dictionary --write  # strength bands of curated features
     python -m features writers --dictionary runs/l9-sae/dictionary --terms winter,snow  # who writes a concept?
     python -m features curate --dictionary runs/l9-sae/dictionary --concepts assets/concepts.toml --out p.jsonl
     python -m features discover --dictionary runs/l9-sae/dictionary --out writes.jsonl  # what does each feature say?
     python -m features evaluate --dictionary runs/l9-sae/dictionary --json
+    python -m features evaluate-labels --json        # readable names, detection scores, concept search
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
 packages listed in DEFAULT_TEXT (install them with apt-get). Harvest and train resume when
@@ -65,14 +66,20 @@ def _harvest(folder: str) -> tuple[dict, list[Path]]:
     return manifest, [Path(folder) / s["file"] for s in manifest["shards"]]
 
 
-def _sequences(lm, args, heldout: bool):
-    from features.corpus import is_hub, mixed_pieces, pack
+def _sequences(lm, args, heldout: bool | None):
+    """Packed token sequences of the train (heldout=False) or held-out (True) split of the text,
+    or of all of it (None)."""
+    from features.corpus import documents, is_hub, mixed_pieces, pack
+    from features.corpus import pieces as cut
 
     sources = _text_paths(args.text)
-    pieces = mixed_pieces(sources, heldout=heldout)
-    if heldout and not any(map(is_hub, sources)):  # a hub dataset's held-out part is streamed, not gathered
-        # Held-out text is small (~2%): shuffle all of it, so the first N tokens sample every
-        # part of every source rather than the start of each file.
+    if heldout is None:
+        pieces = (p for source in sources for doc in documents(source) for p in cut(doc))
+    else:
+        pieces = mixed_pieces(sources, heldout=heldout)
+    if heldout is not False and not any(map(is_hub, sources)):  # hub datasets are streamed, not gathered
+        # Held-out text is small (~4%): shuffle all of it (or all of the text), so the first N
+        # tokens sample every part of every source rather than the start of each file.
         pieces = list(pieces)
         random.Random(0).shuffle(pieces)
     return pack(lm.tokenizer, pieces, args.seq_len)
@@ -130,7 +137,14 @@ def cmd_evaluate(args) -> None:
     from features.evaluate import evaluate
 
     engine = load(args.model, args.dictionary, args.layer)
-    result = evaluate(engine.lm, engine.dictionary, engine.layer, _sequences(engine.lm, args, heldout=True),
+    # Text given with --text is evaluated whole: the hashed 4% held-out split is for the built-in
+    # corpus, and a small file (a few ~4,000-character pieces) often has no held-out piece at all.
+    whole = bool(args.text)
+    if whole:
+        print(f"evaluating on all of {', '.join(args.text)} (given with --text), not a held-out split",
+              file=sys.stderr)
+    result = evaluate(engine.lm, engine.dictionary, engine.layer,
+                      _sequences(engine.lm, args, heldout=None if whole else True),
                       max_tokens=args.tokens, ce_tokens=args.ce_tokens)
     if args.json:
         print(json.dumps(result.summary()))
@@ -140,23 +154,105 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_label(args) -> None:
-    from dataclasses import replace
+    import hashlib
+    import time
 
     from chat.engine import load
+    from chat.models import cache_dir
+    from features import evidence
     from features.catalog import Catalog
-    from features.label import label
+    from features.label import logit_lens, relabel
+    from features.lexicon import Lexicon
+    from features.wordnet import WORDNET_DIR, WordNet, compact
 
+    import torch
+
+    started = time.time()
     engine = load(args.model, args.dictionary, args.layer)
-    found = label(engine.lm, engine.dictionary, engine.layer, _sequences(engine.lm, args, heldout=False),
-                  max_tokens=args.tokens)
+    lm, d = engine.lm, engine.dictionary
     folder = Path(args.dictionary)
-    old = Catalog.load(folder, engine.dictionary.d_sae)
-    # A person's curated label survives relabelling; stats and examples are refreshed.
-    merged = {i: replace(f, label=old[i].label, curated=True, extra=old[i].extra) if old[i].curated else f
-              for i, f in found.items()}
-    merged.update({i: old[i] for i in range(engine.dictionary.d_sae) if old[i].curated and i not in merged})
-    path = Catalog(engine.dictionary.d_sae, merged).save(folder)
-    print(f"labelled {len(found)} live features of {engine.dictionary.d_sae}; wrote {path}")
+    key = hashlib.sha1(json.dumps([d.fingerprint(), args.text, args.seq_len]).encode()).hexdigest()[:12]
+    work = Path(args.work) if args.work else cache_dir() / "label" / key
+    # Both passes resume from their manifests; the first is the long one (~2,000 tokens/s here).
+    evidence.collect(lm, d, engine.layer, _sequences(lm, args, heldout=False), work / "train", max_tokens=args.tokens)
+    evidence.collect(lm, d, engine.layer, _sequences(lm, args, heldout=True), work / "heldout",
+                     max_tokens=args.heldout_tokens)
+    wordnet = Path(args.wordnet)
+    if (wordnet / "data.noun").exists():
+        wn = WordNet(wordnet)
+        lexicon = Lexicon(compact(wn, [w for (w, _) in wn.index if " " not in w]))
+    elif args.wordnet == str(WORDNET_DIR):
+        wn = None
+        lexicon = Lexicon.load()  # the shipped slice: names come out the same for common words
+    else:
+        raise ValueError(f"no WordNet database in {wordnet} (apt-get install wordnet-base)")
+    special = sorted(set(lm.tokenizer.all_special_ids))
+    train, heldout = evidence.load(work / "train", special), evidence.load(work / "heldout", special)
+    old = Catalog.load(folder, d.d_sae)
+    known = {f.id: f for f in old if f.has_info()}
+    decoded: dict[int, str] = {}
+
+    def decode(t: int) -> str:
+        if t not in decoded:
+            decoded[t] = lm.tokenizer.decode([t])
+        return decoded[t]
+
+    top_tokens = None
+    if not any(f.top_tokens for f in known.values()):  # a fresh dictionary: what each one promotes
+        seen = torch.zeros(lm.model.get_output_embeddings().weight.shape[0], dtype=torch.bool)
+        seen[torch.from_numpy(train.tokens.ravel()).long()] = True
+        seen[torch.tensor(special, dtype=torch.long)] = False
+        top_tokens = logit_lens(lm, d, allowed=seen)
+    found = relabel(train, heldout, decode, lexicon, known, d.d_sae, work=work, top_tokens=top_tokens)
+    path = _save_with(old, folder, found)
+    print(f"labelled {len(found)} live features of {d.d_sae} ({sum(f.curated for f in found.values())} curated "
+          f"kept their labels) in {time.time() - started:.0f} s; wrote {path}")
+    if args.lexicon:
+        if wn is None:
+            raise ValueError("--lexicon needs the WordNet database (apt-get install wordnet-base)")
+        out = _write_lexicon(wn, found.values(), Path(args.lexicon))
+        print(f"wrote {out}")
+
+
+def _write_lexicon(wn, features, path: Path) -> Path:
+    """The compact lexicon for search: common words and every word of these names, reads and writes."""
+    import gzip
+    import re
+
+    from features.catalog import _write_atomic
+    from features.wordnet import compact
+
+    words = {w for w, n in wn.tagged.items() if n > 0 and " " not in w}
+    for f in features:
+        text = " ".join([f.label, *(f.extra.get("reads") or []), *(f.extra.get("writes") or [])])
+        for w in re.findall(r"[a-z]+", text.lower()):
+            words.update((w, wn.lemma(w)))
+    data = json.dumps(compact(wn, words), separators=(",", ":"), ensure_ascii=False)
+    _write_atomic(path, gzip.compress(data.encode("utf-8"), 9, mtime=0))
+    return path
+
+
+def cmd_evaluate_labels(args) -> None:
+    from features.catalog import Catalog
+    from features.evaluate_labels import evaluate
+    from features.lexicon import Lexicon
+
+    folder = Path(args.dictionary) if args.dictionary else Path(__file__).resolve().parent.parent / "assets" / "dictionary"
+    d_sae = json.loads((folder / "cfg.json").read_text())["d_sae"]  # SAELens layout; no weights needed
+    report = evaluate(Catalog.load(folder, d_sae), Lexicon.load(Path(args.lexicon)) if args.lexicon else Lexicon.load())
+    if args.json:
+        print(json.dumps(report._asdict(), ensure_ascii=False))
+        return
+    print(f"live features: {report.live:,}")
+    print(f"names of whole words or plain kinds: {report.whole_words:.1%} (with proper names: {report.whole_words_lenient:.1%})")
+    print(f"detection score, {report.scored:,} features with >= 5 held-out firings: median {report.score_median}, "
+          f"quantiles {report.score_quantiles}, histogram {report.score_histogram}")
+    print(f"concept search, top 3 names the concept: {report.concept_hits:.0%} of {len(report.concepts)}; "
+          f"concepts with a feature that reads them: {report.readers_found}")
+    for c in report.concepts:
+        top = "; ".join(f"#{i} {label}" for i, label in c["top"])
+        readers = ", ".join(f"#{i} {label} ({s:.2f})" for i, label, s in c["readers"][:2]) or "none"
+        print(f"  {'✓' if c['hit'] else '✗'} {c['query']:<12} {top}  | readers: {readers}")
 
 
 def cmd_steerability(args) -> None:
@@ -341,11 +437,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("label", help="stats, top contexts, logit-lens tokens and automatic labels -> features.json")
+    p = sub.add_parser("label", help="names, reads, detection scores and examples of every live feature -> features.json")
     text_args(p)
     p.add_argument("--dictionary", required=True, help="a local dictionary folder (features.json is written there)")
     p.add_argument("--layer", type=int)
-    p.add_argument("--tokens", type=int, default=500_000)
+    p.add_argument("--tokens", type=int, default=800_000, help="training tokens whose every firing is evidence")
+    p.add_argument("--heldout-tokens", type=int, default=150_000, help="held-out tokens for the detection scores")
+    p.add_argument("--work", help="where the evidence and progress are kept, so a run resumes "
+                   "(default: a folder per dictionary and text under the cache)")
+    p.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet database (Debian's wordnet-base)")
+    p.add_argument("--lexicon", help="also write the compact lexicon search uses (assets/lexicon.json.gz)")
+
+    p = sub.add_parser("evaluate-labels", help="how readable the names are, how well they detect and find concepts")
+    p.add_argument("--dictionary", help="a local dictionary folder (default: the embedded one)")
+    p.add_argument("--lexicon", help="default: assets/lexicon.json.gz")
+    p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("steerability", help="output score of every labelled feature -> features.json")
     engine_args(p, "a local dictionary folder with features.json", required=True)
@@ -397,7 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-tokens", type=int, default=367_000, help="for the expected-dead estimate")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text")
+    p = sub.add_parser("evaluate", help="FVU, L0, dead fraction and CE-loss recovered on held-out text "
+                       "(or on all of the --text given)")
     text_args(p)
     p.add_argument("--dictionary", help="default: the embedded one")
     p.add_argument("--layer", type=int)
@@ -414,7 +521,8 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "steerability": cmd_steerability,
+        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
+         "steerability": cmd_steerability,
          "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate, "discover": cmd_discover,
          "prune": cmd_prune, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:

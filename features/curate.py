@@ -229,8 +229,11 @@ def spec_toml(picks: Sequence[dict], labels: dict[int, str], header: bool = True
     the cases alone, to append to an existing spec."""
     lines = ["# Steering tests for curated features, written by `python -m features curate --write --spec`.",
              "# Strengths: inside each feature's measured band (features.json \"strengths\"), where most",
-             "# replies named the concept; prompts: the neutral prompts the bands were measured on; greedy.", "",
-             f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}", ""] if header else []
+             "# replies named the concept; prompts: the neutral prompts the bands were measured on; plain",
+             "# greedy decoding in the plain transcript, as the sweeps.", "",
+             f"prompts = {json.dumps(list(PROMPTS))}", f"max_new_tokens = {MAX_NEW_TOKENS}",
+             'temperature = 0.0', 'repetition_penalty = 1.0', 'no_repeat_ngram = 0', 'frame = "plain"', ""] \
+        if header else []
     for p in picks:
         for mode, verb in (("add", "amplified"), ("clamp", "clamped")):
             name = f"{p.get('label', p['name'])}, {verb}"

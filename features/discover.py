@@ -135,7 +135,7 @@ def discover(engine, features: Sequence[int], out: Path, *, strength: float = ST
     todo = [f for f in features if f not in done]
     lm = engine.lm
     head = unembedding(lm, text_tokens(lm.tokenizer))
-    built = [build_prompt(lm.tokenizer, p, max_tokens=512) for p in prompts]
+    built = [build_prompt(lm.tokenizer, p, max_tokens=512, frame="plain") for p in prompts]  # as measured
     plain = set().union(*(words(_texts(lm, p, _decode(lm, p.ids, None, new_tokens, engine.layer, head))[0]) for p in built))
     start = time.time()
     for b in range(0, len(todo), batch_size):

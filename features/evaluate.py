@@ -98,7 +98,7 @@ def evaluate(lm: LoadedModel, dictionary: Dictionary, layer: int, sequences: Ite
             record(residuals(lm, layer, ids))
         tokens += int(keep.sum())
     if tokens == 0:
-        raise ValueError("no held-out tokens to evaluate on")
+        raise ValueError("no tokens to evaluate on: the text (or its held-out part) is shorter than one sequence")
     total_ss = sum_sq - sum_x.pow(2).sum() / tokens  # Σ‖x − mean‖²
     clean, spliced, zero = (ce[k] / max(ce_positions, 1) for k in ("clean", "spliced", "zero"))
     return EvalResult(

@@ -45,7 +45,7 @@ def scored_prompts(lm: LoadedModel, prompts: Sequence[str]) -> list[list[int]]:
     """Each prompt followed by the unsteered greedy reply's first POSITIONS - 1 tokens."""
     out = []
     for text in prompts:
-        ids = list(build_prompt(lm.tokenizer, text, max_tokens=512).ids)
+        ids = list(build_prompt(lm.tokenizer, text, max_tokens=512, frame="plain").ids)
         with torch.inference_mode():
             gen = lm.model.generate(torch.tensor([ids], device=lm.device), max_new_tokens=POSITIONS - 1,
                                     do_sample=False, pad_token_id=lm.tokenizer.eos_token_id)

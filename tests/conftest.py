@@ -74,3 +74,5 @@ def tiny_model_dir(tmp_path_factory, tiny_lm):
 def _user_dirs(tmp_path, monkeypatch):
     """User files (renames, model cache) go to a temporary folder in every test."""
     monkeypatch.setenv("STEERCHAT_HOME", str(tmp_path / "home"))
+    # No Neuronpedia downloads or cached exports: tests/test_neuronpedia.py serves its own.
+    monkeypatch.setenv("STEERCHAT_NEURONPEDIA_URL", "off")

@@ -42,6 +42,7 @@ def test_measured_strength_bands_set_slider_ranges():
     assert st.row_for(feature(add=[3, 7]), "x").limit == 14
     assert st.row_for(feature(clamp=[1, 1000]), "x").limit == 200  # MAX_STRENGTH
     assert st.row_for(feature(), "x", strength=50).strength == st.DEFAULT_LIMIT
+    assert st.row_for(feature(add=[0.5, 1]), "x").limit == st.MIN_LIMIT  # a low band gets a narrow slider
 
 
 def test_rows_add_remove_and_values():
@@ -67,15 +68,57 @@ def test_presets_come_from_curated_features():
     assert st.presets(Catalog(8, {1: Feature(1, "not curated")})) == []
 
 
+def test_a_new_slider_starts_where_the_feature_shows():
+    assert st.starting_strength(Feature(1, "x", strengths={"add": [3, 7], "clamp": [2, 4]})) == 3.0
+    assert st.starting_strength(Feature(1, "x", strengths={"add": [3, 7], "clamp": [2, 4]}), "clamp") == 2.0
+    assert st.starting_strength(Feature(1, "x", extra={"recommended": 2.5})) == 2.5
+    assert st.starting_strength(Feature(1, "x", extra={"writes": ["sea"]})) == st.DISCOVER_STRENGTH
+    assert st.starting_strength(Feature(1, "x")) == st.DEFAULT_AMPLIFY
+
+
+def test_presets_file(tmp_path):
+    catalog = tiny_catalog()
+    (tmp_path / st.PRESETS_FILE).write_text(
+        '[[preset]]\nname = "Bridges everywhere"\nmessage = "Hi"\nsteer = { 5 = 4.0, 9 = -1 }\n'
+        '[[preset]]\nname = "Clamped"\nmessage = "Hello"\nmode = "clamp"\nsteer = { 7 = 2 }\n')
+    first, second = st.presets_for(catalog, tmp_path)
+    assert first.name == "Bridges everywhere" and first.message == "Hi" and first.mode == "add"
+    assert [(r.id, r.strength) for r in first.rows] == [(BRIDGE, 4.0), (DOGS, -1.0)]
+    assert second.mode == "clamp" and second.rows[0].label == "deception and lies"
+    assert st.presets_for(catalog, None)[0].name == "More “golden gate bridge”"  # no file: from curated
+    for bad, msg in (('steer = { 500 = 1 }', "not a feature id"), ('steer = { 5 = "a" }', "must be a number"),
+                     ('mode = "push"\nsteer = { 5 = 1 }', "mode must be")):
+        (tmp_path / st.PRESETS_FILE).write_text(f'[[preset]]\nname = "x"\nmessage = "y"\n{bad}\n')
+        with pytest.raises(st.PresetError, match=msg):
+            st.presets_for(catalog, tmp_path)
+
+
+def test_try_panel_presets_turn_compare_on(engine):
+    from chat.ui.tryit import TryHandlers
+
+    tries = TryHandlers(EngineLoader.ready(engine))
+    buttons = tries.buttons()
+    assert buttons[0].value == "More “golden gate bridge”" and len(buttons) == st.MAX_PRESETS
+    out = tries.apply(0)
+    rows, mode, compare, row, message = out[0], *out[-5:-1]
+    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 5.0)] and mode == "add"
+    assert compare is True and row.visible is True and message == st.DEFAULT_PRESET_MESSAGE
+
+
 # -- the fired-features panel's values ------------------------------------------------------
 
 def test_fired_values(engine):
     reply = engine.reply("Hello there", max_new_tokens=8)
     last = fd.LastReply.of(reply)
     assert last.feature(DOGS) == reply.readout.feature(DOGS)
-    bars = fd.bars(last, engine.catalog.label, watched=[reply.top_features[0].id])
-    assert [fd.choice_id(name) for name in bars] == [h.id for h in reply.top_features]
+    ranked = fd.ranked(last, engine.catalog)
+    bars = fd.bars(last, engine.catalog.label, watched=[ranked[0].id])
+    assert [fd.choice_id(name) for name in bars] == [h.id for h in ranked]
+    assert list(bars.values()) == sorted(bars.values(), reverse=True)  # most unusual first
     assert all(0 <= v <= 1 for v in bars.values()) and next(iter(bars)).startswith("⚠ #")
+    # Without a catalog (any label function), the reply's own top features by peak ÷ max.
+    plain = fd.bars(last, lambda i: f"f{i}")
+    assert [fd.choice_id(name) for name in plain] == [h.id for h in reply.top_features]
     top = reply.top_features[0].id
     shaded = fd.highlight(last, top)
     assert [t for t, _ in shaded] == reply.tokens and max(v or 0 for _, v in shaded) == 1.0
@@ -153,16 +196,15 @@ def test_steering_panel_handlers(engine):
     steer = SteerHandlers(EngineLoader.ready(engine))
     assert steer.find("bridge").choices == [("#5 golden gate bridge", BRIDGE)]
     assert steer.find("zzzz qqqq").label == "No feature matches 'zzzz qqqq'"
-    rows = steer.add(BRIDGE, [])[0]
-    rows = steer.add("dogs", rows, 2.5)[0]  # the slider of row 0 shows 2.5
-    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 2.5), (DOGS, 0.0)]
+    rows = steer.add(BRIDGE, [], "add")[0]
+    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 3.0)]  # never 0: the low end of its add band
+    rows = steer.add("dogs", rows, "add", 2.5)[0]  # the slider of row 0 shows 2.5
+    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 2.5), (DOGS, st.DEFAULT_AMPLIFY)]
     view = steer.remove(0, rows, 2.5, -1.0)
     assert [(r.id, r.strength) for r in view[0]] == [(DOGS, -1.0)]
     assert view[1].visible is True and view[2].visible is False
-    applied = steer.apply_preset("Less “golden gate bridge”")
-    assert [(r.id, r.strength) for r in applied[0]] == [(BRIDGE, -5.0)] and applied[-2] == "add"
     with pytest.raises(gr.Error, match="no feature matches"):
-        steer.add("zzzz qqqq", [])
+        steer.add("zzzz qqqq", [], "add")
 
 
 def test_rename_is_saved_and_found_later(tiny_lm):
@@ -281,7 +323,9 @@ def test_stable_endpoints(client):
 
 def test_search_endpoint(client):
     assert client.predict("brdige", api_name="/search") == [
-        {"id": BRIDGE, "label": "golden gate bridge", "max_activation": 4.0, "density": 0.01, "steerability": 0.8}]
+        {"id": BRIDGE, "label": "golden gate bridge", "max_activation": 4.0, "density": 0.01, "steerability": 0.8,
+         "name": "golden gate bridge", "kind": None, "reads": [], "writes": [], "score": None, "curated": True,
+         "strengths": {"add": [3, 7]}}]
     assert client.predict("9", api_name="/search")[0]["id"] == DOGS
     assert client.predict("zzzz qqqq", api_name="/search") == []
 

@@ -28,7 +28,8 @@ def dictionary_dir(tmp_path_factory) -> Path:
 def test_bench_measures_everything(tiny_model_dir, dictionary_dir):
     res = run(TINY, model=str(tiny_model_dir), dictionary=str(dictionary_dir))
     measures = [r["measure"] for r in res.rows]
-    assert measures[:4] == ["decode, 3 features add + readout", "decode, 3 features clamp + readout",
+    assert measures[:5] == ["decode, 3 features add + readout", "decode, 3 features clamp + readout",
+                            "decode, chat defaults vs plain greedy (steered + readout)",
                             "prefill, 512-token prompt", "time to first token, 512-token prompt"]
     assert any(m.startswith("harvest") for m in measures) and any(m.startswith("train") for m in measures)
     for r in res.rows:
@@ -74,3 +75,20 @@ def test_embedded_tokenizer_equals_auto_tokenizer():
         ids = [rng.randrange(len(auto)) for _ in range(8)]
         assert fast.decode(ids) == auto.decode(ids)
         assert fast.decode(ids, skip_special_tokens=True) == auto.decode(ids, skip_special_tokens=True)
+
+
+def test_chat_bench_counts_loops_and_facts(tiny_lm):
+    """The chat benchmark on the tiny model: every reply is counted and classified, and the
+    summary's rates are the counts' shares."""
+    from app_helpers import tiny_engine
+    from chat import chat_bench
+    from chat.generate import GenerationSettings
+
+    res = chat_bench.run(tiny_engine(tiny_lm), GenerationSettings.greedy(max_new_tokens=6))
+    n = len(chat_bench.FACTUAL) + len(chat_bench.OPEN) + sum(map(len, chat_bench.CONVERSATIONS))
+    s = res.summary()
+    assert s["replies"] == len(res.samples) == n >= 40 and s["factual"] == len(chat_bench.FACTUAL) >= 10
+    assert s["loop_rate"] == sum(x["bad"] == "loops" for x in res.samples) / n
+    assert s["conversations"] == len(chat_bench.CONVERSATIONS) and res.settings["frame"] == "plain"
+    assert chat_bench.answered("It is Paris.", ("paris",)) and not chat_bench.answered("Parisian", ("paris",))
+    assert "| loop rate |" in chat_bench.table(s, res.settings)

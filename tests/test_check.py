@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from chat import metrics
+from chat.generate import GenerationSettings
 from chat.check import SpecError, load_spec, parse_spec, run_case, run_spec, table
 from chat.cli import main
 from chat.engine import Engine
@@ -50,8 +51,8 @@ def test_combined_score_is_zero_when_either_part_fails():
 
 
 def test_reply_logprobs_match_the_models_own_next_token_distribution(engine):
-    prompt = engine.prompt("Hello", 8).ids
-    reply = engine.reply("Hello", max_new_tokens=6)
+    prompt = engine.prompt("Hello", 8, frame="plain").ids
+    reply = engine.reply("Hello", settings=GenerationSettings.greedy(), max_new_tokens=6)
     lp = metrics.reply_logprobs(engine, prompt, reply.token_ids)  # (T, V)
     assert lp.shape == (len(reply.token_ids), len(engine.lm.tokenizer))
     # Greedy decoding picked the argmax at every position.
@@ -161,9 +162,9 @@ def test_batched_replies_equal_one_at_a_time(engine, steer):
     prompts = ["Hello", "Tell me about your weekend, please, in detail.", "Dogs?"]
     batched = replies(engine, prompts, steering, max_new_tokens=8)
     for prompt, b in zip(prompts, batched):
-        single = engine.reply(prompt, steer=steering, max_new_tokens=8)
+        single = engine.reply(prompt, steer=steering, settings=GenerationSettings.greedy(), max_new_tokens=8)
         assert b.token_ids == single.token_ids and b.text == single.text
-        assert b.prompt_ids == list(engine.prompt(prompt, 8).ids)
+        assert b.prompt_ids == list(engine.prompt(prompt, 8, frame="plain").ids)
 
 
 def test_versus_prompting_scores_both_ways_on_the_same_prompts(engine, capsys, monkeypatch, tmp_path):

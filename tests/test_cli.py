@@ -54,7 +54,8 @@ def test_reply_json(run):
 def test_search_json(run):
     code, out, _ = run("search", "golden gate", "--json")
     assert code == 0
-    assert json.loads(out)[0] == {"id": 7, "label": "golden gate bridge", "max_activation": 3.0, "density": 0.01,
+    assert json.loads(out)[0] == {"id": 7, "label": "golden gate bridge", "name": "golden gate bridge", "kind": None,
+                                  "reads": [], "writes": [], "score": None, "max_activation": 3.0, "density": 0.01,
                                   "steerability": None, "curated": True, "strengths": {}}
     code, out, _ = run("search", "brdige", "--json")  # typo-tolerant
     assert {r["id"] for r in json.loads(out)} == {7, 8}
@@ -111,3 +112,15 @@ def test_python_dash_m(tiny_model_dir, tiny_dictionary_dir):
     done = subprocess.run([sys.executable, "-m", "chat", "reply", "hi", "--steer", "7=nan"],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and done.stderr.strip() == "error: strength must be finite, got 'nan'"
+
+
+def test_reply_uses_the_shared_defaults_and_greedy_on_request(run, tiny_model_dir, tiny_dictionary_dir):
+    from chat.engine import load
+    from chat.generate import GenerationSettings
+
+    engine = load(str(tiny_model_dir), str(tiny_dictionary_dir))
+    text = lambda *a: json.loads(run("reply", "Hello there", "--max-new-tokens", "24", "--json", *a)[1])["text"]
+    assert text() == engine.reply("Hello there", max_new_tokens=24).text
+    assert text("--greedy") == engine.reply("Hello there", settings=GenerationSettings.greedy(), max_new_tokens=24).text
+    assert text("--repetition-penalty", "2") == engine.reply("Hello there", repetition_penalty=2.0,
+                                                             max_new_tokens=24).text

@@ -6,10 +6,12 @@ import json
 import torch
 
 from chat.engine import Engine
+from chat.generate import GenerationSettings
 from features import discover
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 
+GREEDY = GenerationSettings.greedy()
 PROMPTS = ("Tell me about your weekend.", "Hello there", "How was your day?")
 
 
@@ -29,17 +31,18 @@ def test_text_tokens_keep_plain_text_and_the_special_tokens_and_drop_the_rest(ti
 
 def test_each_row_decodes_like_a_real_steered_reply(tiny_lm):
     """One feature per batch row gives the reply that engine.reply gives with that feature
-    added at the same strength, so the batched shortcut measures the real thing."""
+    added at the same strength (plain greedy, as discover decodes), so the batched shortcut
+    measures the real thing."""
     engine = _engine(tiny_lm)
     head = discover.unembedding(tiny_lm, torch.arange(len(tiny_lm.tokenizer)))
-    prompt = engine.prompt(PROMPTS[0], 8)
+    prompt = engine.prompt(PROMPTS[0], 8, frame="plain")
     features = [0, 3, 7, 11]
     edit = 4.0 * engine.max_acts[features].unsqueeze(1) * engine.dictionary.directions(features).float()  # (4, d)
     rows = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, edit, 8, 1, head))
     for f, text in zip(features, rows):
-        assert text == engine.reply(PROMPTS[0], steer={f: 4.0}, max_new_tokens=8).text
+        assert text == engine.reply(PROMPTS[0], steer={f: 4.0}, settings=GREEDY, max_new_tokens=8).text
     plain = discover._texts(tiny_lm, prompt, discover._decode(tiny_lm, prompt.ids, None, 8, 1, head))
-    assert plain == [engine.reply(PROMPTS[0], max_new_tokens=8).text]
+    assert plain == [engine.reply(PROMPTS[0], settings=GREEDY, max_new_tokens=8).text]
 
 
 def test_written_words_are_new_and_repeat_across_prompts_and_a_run_resumes(tiny_lm, tmp_path, monkeypatch):
@@ -57,7 +60,7 @@ def test_written_words_are_new_and_repeat_across_prompts_and_a_run_resumes(tiny_
     assert [r.feature for r in rows] == [1, 2, 3] and len(out.read_text().splitlines()) == 3
     plain = set()
     for p in PROMPTS:
-        plain |= discover.words(engine.reply(p, max_new_tokens=6).text)
+        plain |= discover.words(engine.reply(p, settings=GREEDY, max_new_tokens=6).text)
     for r in rows:
         assert len(r.replies) == 3
         for w in r.words:

@@ -76,3 +76,33 @@ def test_second_load_uses_the_cache():
     """No GGUF dequantisation the second time: the safetensors copy is what loads."""
     lm = load_model()
     assert lm.model.config.name_or_path == str(embedded_model_dir())
+
+
+def test_presets_show_steering_on_the_default_settings(engine):
+    """Each shipped preset, sent as the app sends it: the steered reply shows its concept (or, for
+    a suppression, avoids it) where the unsteered reply does not (does)."""
+    from chat import metrics
+    from chat.ui import steer_state as st
+
+    presets = st.presets_for(engine.catalog, engine.folder)
+    assert len(presets) == st.MAX_PRESETS
+    for p in presets:
+        plain = engine.reply(p.message, max_new_tokens=96).text
+        steered = engine.reply(p.message, steer=st.steer_dict(p.rows), mode=p.mode, max_new_tokens=96).text
+        shows = [metrics.concept_rate([text], p.terms) > 0 for text in (plain, steered)]
+        assert shows == ([True, False] if p.expect == "absent" else [False, True]), (p.name, plain, steered)
+
+
+def test_first_three_messages_get_sensible_different_answers(engine):
+    """A newcomer's first messages on the default settings: no loop, no repeat, Paris named."""
+    from chat.loops import bad_reply
+
+    history, replies = [], []
+    for message in ("Hi! What can you tell me about the ocean?", "What is the capital of France?",
+                    "Can you write me a short poem about cats?"):
+        history.append({"role": "user", "content": message})
+        reply = engine.reply(history, max_new_tokens=96)
+        assert bad_reply(reply.text) is None, reply.text
+        history.append({"role": "assistant", "content": reply.text})
+        replies.append(reply.text)
+    assert len(set(replies)) == 3 and "Paris" in replies[1]

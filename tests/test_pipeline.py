@@ -14,6 +14,7 @@ from features.corpus import documents, is_heldout, pack, pieces, split_pieces
 from features.dictionary import Dictionary
 from features.evaluate import evaluate
 from features.harvest import harvest, residuals
+from label_helpers import write_wordnet
 
 WORDNET = (
     "  1 This software and database is being provided to you, the LICENSEE, by  \n"
@@ -144,26 +145,25 @@ def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
     assert bool((kept.norm(dim=-1) <= median * 1.01).all())
 
 
-def test_label_stats_examples_and_logit_lens(tiny_lm):
-    from features.label import label, logit_lens
+def test_evidence_keeps_every_firing_and_resumes(tiny_lm, tmp_path):
+    from features import evidence
+    from features.label import logit_lens
 
     seqs = _sequences(tiny_lm.tokenizer)[:6]
     d = Dictionary.random(32, 64, activation="topk", k=3, seed=5)
-    feats = label(tiny_lm, d, 1, seqs, max_tokens=10_000, n_examples=4, window=3, progress=False)
+    out = tmp_path / "ev"
+    evidence.collect(tiny_lm, d, 1, iter(seqs), out, max_tokens=1, shard_sequences=2, progress=False)
+    assert len(evidence.load(out).tokens) == 2  # stopped after one shard
+    evidence.collect(tiny_lm, d, 1, iter(seqs), out, max_tokens=10_000, shard_sequences=2, progress=False)
+    f = evidence.load(out, special_ids=tiny_lm.tokenizer.all_special_ids)
     ids = torch.tensor(seqs)
-    acts = d.encode(residuals(tiny_lm, 1, ids)).acts[:, 1:]  # (B, T-1, d_sae) without BOS
+    acts = d.encode(residuals(tiny_lm, 1, ids)).acts * tiny_lm.content_mask(ids).unsqueeze(-1)
     flat = acts.reshape(-1, 64)
-    assert set(feats) == set(torch.nonzero(flat.max(0).values > 0).squeeze(-1).tolist())
+    assert f.tokens.tolist() == seqs and not f.content[:, 0].any()  # BOS never counts
+    assert len(f.pos) == int((flat > 0).sum())  # every firing, exactly once
+    assert torch.allclose(torch.from_numpy(f.act), flat[torch.from_numpy(f.pos), torch.from_numpy(f.feature).long()],
+                          rtol=1e-3)
     tok = tiny_lm.tokenizer
-    for i, f in feats.items():
-        assert f.max_activation == pytest.approx(float(flat[:, i].max()), rel=1e-5)
-        assert f.density == pytest.approx(float((flat[:, i] > 0).float().mean()))
-        values = [ex["activation"] for ex in f.examples]
-        assert values == sorted(values, reverse=True) and values[0] == pytest.approx(f.max_activation, abs=1e-3)
-        b, t = divmod(int(flat[:, i].argmax()), acts.shape[1])
-        top = f.examples[0]
-        assert top["tokens"][top["max_index"]] == tok.decode([seqs[b][t + 1]])
-        assert f.label and f.top_tokens
     # Logit lens: the final norm of the direction, through the unembedding.
     W_U = tiny_lm.model.get_output_embeddings().weight
     with torch.inference_mode():
@@ -174,8 +174,6 @@ def test_label_stats_examples_and_logit_lens(tiny_lm):
     allowed[torch.tensor([t for s in seqs for t in s[1:]])] = True
     expected = torch.topk(logits[0].masked_fill(~allowed, float("-inf")), 5).indices.tolist()
     assert logit_lens(tiny_lm, d, top=5, allowed=allowed)[7] == [tok.decode([t]) for t in expected]
-    seen_text = {tok.decode([t]) for s in seqs for t in s[1:]}
-    assert all(set(f.top_tokens) <= seen_text for f in feats.values())
 
 
 def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, capsys):
@@ -189,11 +187,20 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
     # Enough ~4,000-character pieces that the 4% held-out split is not empty.
     (corpus_dir / "long.txt").write_text("\n\n".join(f"Paragraph {i}: dogs, bridges and rain. " * 12 for i in range(2000)))
     source = ["--model", str(tiny_model_dir), "--text", str(corpus_dir), "--seq-len", "16"]
-    assert main(["label", "--dictionary", str(folder), "--tokens", "2000", *source]) == 0
+    wordnet = write_wordnet(tmp_path / "wordnet")
+    label = ["label", "--dictionary", str(folder), "--tokens", "2000", "--heldout-tokens", "500", "--work",
+             str(tmp_path / "work"), "--wordnet", str(wordnet), "--lexicon", str(tmp_path / "lexicon.json.gz"), *source]
+    assert main(label) == 0
     catalog = Catalog.load(folder, 48)
     assert catalog[3].label == "my curated name" and catalog[3].curated
     labelled = [f for f in catalog if f.examples and not f.curated]
-    assert labelled and all(f.label and f.max_activation > 0 for f in labelled)
+    assert labelled and all(f.label and f.max_activation > 0 and f.top_tokens for f in labelled)
+    assert all(f.extra["name"] == f.label and f.extra["kind"] and isinstance(f.extra["reads"], list)
+               for f in labelled)
+    assert any(isinstance(f.extra["score"], float) for f in labelled)
+    assert (tmp_path / "lexicon.json.gz").exists()
+    assert main(label) == 0  # resumes from its work folder: nothing to collect again, same names
+    assert [f.label for f in Catalog.load(folder, 48)] == [f.label for f in catalog]
     capsys.readouterr()
     assert main(["evaluate", "--dictionary", str(folder), "--tokens", "50", "--json", *source]) == 0
     result = json.loads(capsys.readouterr().out)
@@ -316,3 +323,25 @@ def test_unreachable_hub_dataset_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="^hf://datasets/owner/missing: cannot list") as e:
         list(hub_documents("hf://datasets/owner/missing"))
     assert "\n" not in str(e.value)
+
+
+def test_features_cli_evaluates_all_of_a_single_text_file(tiny_model_dir, tmp_path, capsys):
+    """--text FILE is evaluated whole: a small file has no piece in the hashed held-out split."""
+    from features import formats
+    from features.cli import main
+
+    folder = tmp_path / "dict"
+    formats.save(Dictionary.random(32, 48, activation="topk", k=4, seed=1, hook_layer=1), folder, dtype=torch.float32)
+    text = tmp_path / "one.txt"
+    text.write_text("The Golden Gate Bridge is in San Francisco. Dogs and cats are animals. " * 8)
+    assert not any(is_heldout(p) for p in pieces(text.read_text()))  # the split alone would find nothing
+    args = ["evaluate", "--dictionary", str(folder), "--model", str(tiny_model_dir), "--text", str(text),
+            "--seq-len", "16", "--json"]
+    assert main(args) == 0
+    out = capsys.readouterr()
+    result = json.loads(out.out)
+    assert result["tokens"] > 0 and result["l0"] == 4
+    assert f"evaluating on all of {text}" in out.err
+    text.write_text("")
+    assert main(args) == 2
+    assert "no tokens to evaluate on" in capsys.readouterr().err

@@ -3,7 +3,10 @@
     /generate (message, steer, mode="add", max_new_tokens=64, seed=0, temperature=0.0)
         -> {"text", "top_features": [{"id", "label", "activation"}], "steer": [{"id", "label",
             "strength"}], "finish_reason", "warnings"}           (the CLI's `reply --json`)
-    /search (query, top=10) -> [{"id", "label", "max_activation", "density", "steerability"}]
+    /search (query, top=10) -> [{"id", "label", "name", "kind", "reads", "writes", "score",
+            "max_activation", "density", "steerability", "curated", "strengths"}]   (Catalog.describe:
+            label is the display name, a person's where curated or renamed; name the automatic
+            one; score the detection score, or null)
 
 Both are stateless: steering comes with each call, so clients never see each other's.
 """
@@ -11,10 +14,12 @@ from __future__ import annotations
 
 import gradio as gr
 
+from chat.generate import GenerationSettings
 from chat.ui.errors import reported, whole
 from chat.ui.gpu import gpu
 from chat.ui.loader import EngineLoader
 
+DEFAULTS = GenerationSettings()
 MAX_SEARCH_RESULTS = 100
 TOP_FEATURES = 10
 
@@ -25,11 +30,15 @@ class Api:
 
     @reported
     @gpu
-    def generate(self, message: str, steer: dict[str, float], mode: str = "add", max_new_tokens: int = 64,
-                 seed: int = 0, temperature: float = 0.0) -> dict:
+    def generate(self, message: str, steer: dict[str, float], mode: str = "add",
+                 max_new_tokens: int = DEFAULTS.max_new_tokens, seed: int = DEFAULTS.seed,
+                 temperature: float = DEFAULTS.temperature) -> dict:
         """One reply to `message`, steered by {feature id or label query: strength} (strength in
-        multiples of the feature's max activation; mode add or clamp). Greedy unless
-        temperature > 0, where `seed` makes sampling reproducible."""
+        multiples of the feature's max activation; mode add or clamp), with the chat's default
+        settings (the app's, the CLI's, the Python API's): greedy with repetition handling unless
+        temperature > 0, where `seed` makes sampling reproducible. (Plain greedy decoding, as
+        steering specs use, is `--greedy` in the CLI and `settings=GenerationSettings.greedy()`
+        in the Python API; this signature stays as it was, for raw-HTTP clients.)"""
         if not isinstance(message, str):
             raise ValueError(f"message must be a string, got {type(message).__name__}")
         if steer is None:
@@ -39,8 +48,9 @@ class Api:
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise ValueError(f"temperature must be a number, got {temperature!r}")
         engine = self.loader.get()
-        reply = engine.reply(message, steer=steer, mode=mode, max_new_tokens=whole(max_new_tokens, "max_new_tokens"),
-                             seed=whole(seed, "seed"), temperature=float(temperature))
+        reply = engine.reply(message, steer=steer, mode=mode,
+                             max_new_tokens=whole(max_new_tokens, "max_new_tokens"), seed=whole(seed, "seed"),
+                             temperature=float(temperature))
         return {
             "text": reply.text,
             "top_features": [{"id": h.id, "label": h.label, "activation": round(h.activation, 4)}
@@ -52,16 +62,15 @@ class Api:
 
     @reported
     def search(self, query: str, top: int = 10) -> list[dict]:
-        """Features whose names match `query` (or the id it names), best first."""
+        """Features whose names, reads or writes match `query` by meaning (or the id it names),
+        best first; features that write the concept first."""
         if not isinstance(query, str):
             raise ValueError(f"query must be a string, got {type(query).__name__}")
         top = whole(top, "top")
         if not 1 <= top <= MAX_SEARCH_RESULTS:
             raise ValueError(f"top must be between 1 and {MAX_SEARCH_RESULTS}, got {top}")
         catalog = self.loader.get().catalog
-        return [{"id": f.id, "label": catalog.label(f.id), "max_activation": f.max_activation, "density": f.density,
-                 "steerability": f.steerability}
-                for f in catalog.search(query, top=top)]
+        return [catalog.describe(f.id) for f in catalog.search(query, top=top)]
 
 
 def wire(api: Api, concurrency_limit: int) -> None:

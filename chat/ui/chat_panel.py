@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from chat.generate import MAX_NEW_TOKENS
+from chat.generate import MAX_NEW_TOKENS, GenerationSettings
 from chat.prompt import message_text
 from chat.ui import fired as fd
 from chat.ui import steer_state as st
@@ -19,6 +19,9 @@ from chat.ui.fired_panel import FiredPanel
 from chat.ui.gpu import gpu
 from chat.ui.loader import EngineLoader
 from chat.ui.steer_panel import SteerPanel
+
+
+DEFAULTS = GenerationSettings()  # the chat's decoding defaults, shared with /generate, the CLI and the API
 
 
 class RunControl:
@@ -80,9 +83,11 @@ def build() -> ChatPanel:
         steered = gr.Textbox(label="Steered", lines=5, interactive=False, elem_id="reply-steered")
     with gr.Accordion("Generation settings", open=False, elem_id="settings"):
         max_new_tokens = gr.Slider(1, 512, value=96, step=1, label="Max new tokens", elem_id="max-new-tokens")
-        temperature = gr.Slider(0, 2, value=0, step=0.05, label="Temperature (0 = greedy, reproducible)",
+        temperature = gr.Slider(0, 2, value=DEFAULTS.temperature, step=0.05,
+                                label="Temperature (0 = greedy; any temperature is reproducible for a given seed)",
                                 elem_id="temperature")
-        seed = gr.Number(0, precision=0, minimum=0, label="Seed (used when temperature > 0)", elem_id="seed")
+        seed = gr.Number(DEFAULTS.seed, precision=0, minimum=0, label="Seed (used when temperature > 0)",
+                         elem_id="seed")
     return ChatPanel(gr.State(RunControl()), chatbot, message, send, stop, retry, clear, compare, compare_row,
                      unsteered, steered, max_new_tokens, temperature, seed)
 
@@ -165,17 +170,23 @@ class ChatHandlers:
         return gr.Row(visible=bool(on))
 
 
-def wire(panel: ChatPanel, handlers: ChatHandlers, steer: SteerPanel, fired: FiredPanel, concurrency_limit: int) -> None:
+def send_event(panel: ChatPanel, handlers: ChatHandlers, steer: SteerPanel, fired: FiredPanel,
+               concurrency_limit: int) -> dict:
+    """The reply event (send the message box) as keyword arguments for `.click`, `.then`, ..."""
     inputs = [panel.run, panel.message, panel.chatbot, steer.rows, steer.mode, panel.max_new_tokens,
               panel.temperature, panel.seed, panel.compare, fired.watch, *steer.sliders]
     outputs = [panel.chatbot, panel.message, panel.unsteered, panel.steered, fired.bars, fired.alert, fired.last,
                fired.details]
+    return {"fn": handlers.respond, "inputs": inputs, "outputs": outputs, "concurrency_id": "model",
+            "concurrency_limit": concurrency_limit, "api_visibility": "undocumented"}
+
+
+def wire(panel: ChatPanel, handlers: ChatHandlers, send: dict) -> None:
     private = {"api_visibility": "undocumented"}
-    model = {"concurrency_id": "model", "concurrency_limit": concurrency_limit, **private}
-    panel.message.submit(handlers.respond, inputs, outputs, **model)
-    panel.send.click(handlers.respond, inputs, outputs, **model)
-    panel.retry.click(handlers.take_last, panel.chatbot, [panel.chatbot, panel.message], **private).success(
-        handlers.respond, inputs, outputs, **model)
+    outputs = send["outputs"]
+    panel.message.submit(**send)
+    panel.send.click(**send)
+    panel.retry.click(handlers.take_last, panel.chatbot, [panel.chatbot, panel.message], **private).success(**send)
     panel.stop.click(handlers.stop, panel.run, None, queue=False, **private)
     panel.clear.click(handlers.clear, panel.run, outputs, queue=False, **private)
     panel.compare.change(handlers.show_compare, panel.compare, panel.compare_row, queue=False, **private)

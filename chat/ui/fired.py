@@ -2,10 +2,16 @@
 
 `LastReply` keeps a session's latest reply compactly (tokens and sparse activations, not the
 dense (T, d_sae) readout) so the panel can highlight any feature on it later.
+
+The bars rank features by how unusual their activation is for this reply (`unusual`): the
+peak as a fraction of the feature's usual max, discounted for features that fire on much of
+any text (a feature on 20% of tokens firing says little about this reply). Features that fire
+on form (punctuation, line breaks, almost every token) hide unless `show_form`.
 """
 from __future__ import annotations
 
 import html
+import math
 import re
 from dataclasses import dataclass
 from typing import Callable, Sequence
@@ -14,10 +20,14 @@ import torch
 
 from chat.generate import Reply
 from chat.readout import FeatureHit
-from features.catalog import Feature
+from features.catalog import Catalog, Feature
+from features.kinds import CONCEPT, FORM_KINDS, NAMES, WORD
 
 MAX_EXAMPLES = 5
+TOP_BARS = 10
 _CHOICE = re.compile(r"^(?:⚠ )?#(\d+)\b")
+RARE_DENSITY = 1e-5  # features this rare or rarer count fully; denser ones less (log scale)
+UNKNOWN_DENSITY = 1e-3  # for features without stats: a typical density
 
 
 @dataclass
@@ -35,8 +45,52 @@ class LastReply:
         return self.acts.select(1, i).to_dense().tolist()
 
 
-def choice_name(hit: FeatureHit, label: str, watched: bool) -> str:
-    return f"{'⚠ ' if watched else ''}#{hit.id} {label} · {hit.activation:.3g}"
+def unusual(relative: float, density: float | None) -> float:
+    """How unusual a feature's peak is on a reply, in 0..1: its peak ÷ its usual max (capped at
+    1), times its rarity (1 for a feature firing on 1 token in RARE_DENSITY^-1, falling on a log
+    scale to 0.1 for one firing on nearly every token)."""
+    d = min(max(density if density else UNKNOWN_DENSITY, RARE_DENSITY), 1.0)
+    rarity = max(0.1, math.log(d) / math.log(RARE_DENSITY))
+    return min(max(relative, 0.0), 1.0) * rarity
+
+
+def kind_of(f: Feature) -> str:
+    """The feature's kind (features/kinds.py), "concept" where the catalog does not say."""
+    kind = f.extra.get("kind")
+    return kind if isinstance(kind, str) and kind else CONCEPT
+
+
+def kind_note(f: Feature) -> str:
+    """What the panel shows after a name: the kind where it is not a concept and the name does
+    not already say it."""
+    kind = kind_of(f)
+    if kind in (CONCEPT, WORD, "curated") or f.curated or NAMES.get(kind) == f.label:
+        return ""
+    return f" [{kind}]"
+
+
+def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, top: int = TOP_BARS) -> list[FeatureHit]:
+    """The reply's features, most unusual first (`unusual`); without `show_form`, no features of
+    FORM_KINDS. `relative` of each hit is its unusualness."""
+    if last is None or last.acts._nnz() == 0:
+        return []
+    dense = last.acts.to_dense()  # (T, d_sae): a reply is short
+    peak = dense.max(dim=0).values
+    fired = (dense > 0).sum(dim=0)
+    hits = []
+    for i in torch.nonzero(peak > 0).squeeze(-1).tolist():
+        f = catalog[i]
+        if not show_form and kind_of(f) in FORM_KINDS:
+            continue
+        usual = catalog.max_activation(i) or float(peak[i])
+        hits.append(FeatureHit(i, catalog.label(i), float(peak[i]), int(fired[i]),
+                               unusual(float(peak[i]) / max(usual, 1e-6), f.density)))
+    hits.sort(key=lambda h: (-h.relative, -h.tokens, h.id))
+    return hits[:top]
+
+
+def choice_name(hit: FeatureHit, label: str, watched: bool, note: str = "") -> str:
+    return f"{'⚠ ' if watched else ''}#{hit.id} {label}{note} · {hit.activation:.3g}"
 
 
 def choice_id(name: str) -> int | None:
@@ -45,11 +99,18 @@ def choice_id(name: str) -> int | None:
     return int(m.group(1)) if m else None
 
 
-def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[int] = ()) -> dict[str, float] | None:
-    """gr.Label value: each top feature's peak as a fraction of its usual max (bars stop at 1)."""
+def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[int] = (),
+         show_form: bool = False, catalog: Catalog | None = None) -> dict[str, float] | None:
+    """gr.Label value: the most unusual features of the reply (`ranked`), each bar its
+    unusualness. `catalog` gives densities and kinds; by default the one `label` belongs to
+    (callers pass `catalog.label`). Without one, the reply's own top features by peak ÷ max."""
     if last is None or not last.hits:
         return None
-    return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0) for h in last.hits}
+    catalog = catalog if catalog is not None else getattr(label, "__self__", None)
+    if not isinstance(catalog, Catalog):
+        return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0) for h in last.hits}
+    return {choice_name(h, label(h.id), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)
+            for h in ranked(last, catalog, show_form)}
 
 
 def highlight(last: LastReply, i: int) -> list[tuple[str, float | None]]:
@@ -85,7 +146,19 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     if f.steerability is not None:
         stats.append(f"steerability {f.steerability:.2f}")
     stats += [f"{mode} works at {lo:g}…{hi:g}" for mode, (lo, hi) in sorted((f.strengths or {}).items())]
-    lines = [f"### #{f.id} {label}", " · ".join(stats)]
+    score = f.extra.get("score")
+    heading = f"### #{f.id} {label}{kind_note(f)}"
+    if isinstance(score, (int, float)):  # beside the name: how far to trust it
+        fires = f.extra.get("heldout_fires")
+        heading += f" · detection {score:.2f}"
+        stats.append(f"detection score {score:.2f}" + (f" on {fires:,} held-out firings" if isinstance(fires, int) else ""))
+    lines = [heading, " · ".join(stats)]
+    name = f.extra.get("name")
+    if isinstance(name, str) and name and name != label:
+        lines.append(f"Automatic name: {name}")
+    reads = f.extra.get("reads")
+    if isinstance(reads, list) and reads:  # features/label.py: the words that set its contexts apart
+        lines.append("Reads: " + ", ".join(f"`{w}`" for w in reads[:8] if isinstance(w, str)))
     writes = f.extra.get("writes")
     if isinstance(writes, list) and writes:  # features/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))

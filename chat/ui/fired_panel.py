@@ -15,7 +15,9 @@ from chat.ui.loader import EngineLoader
 from chat.ui.steer_panel import SteerHandlers, SteerPanel, render
 
 NEIGHBOURS = 8
-BARS_HELP = "bar = peak activation ÷ the feature's usual max · click one for details"
+BARS_HELP = ("bar = peak ÷ the feature's usual max, less for features that fire on much of any text · "
+             "click one for details")
+FORM_TOGGLE = "Show form features (punctuation, line breaks, fires on almost every token)"
 
 
 @dataclass
@@ -24,6 +26,7 @@ class FiredPanel:
     selected: gr.State  # the feature id shown in the details, or None
     alert: gr.Markdown
     bars: gr.Label
+    show_form: gr.Checkbox
     watch: gr.Dropdown
     details: gr.Column
     card: gr.Markdown
@@ -46,7 +49,8 @@ def build() -> FiredPanel:
         with gr.Column(scale=2):
             gr.Markdown("### Fired on this reply")
             alert = gr.Markdown(elem_id="watch-alert")
-            bars = gr.Label(label=BARS_HELP, show_heading=False, num_top_classes=10, elem_id="fired")
+            bars = gr.Label(label=BARS_HELP, show_heading=False, num_top_classes=fd.TOP_BARS, elem_id="fired")
+            show_form = gr.Checkbox(label=FORM_TOGGLE, value=False, elem_id="show-form")
             watch = gr.Dropdown(label="Watch list (flag these when they fire)", choices=[], value=[],
                                 multiselect=True, elem_id="watch-list")
         with gr.Column(scale=3, visible=False, elem_id="feature-details") as details:
@@ -63,7 +67,7 @@ def build() -> FiredPanel:
                                   choices=[], elem_id="neighbours")
             gr.Markdown("Top example contexts")
             examples = gr.HTML(elem_id="examples")
-    return FiredPanel(gr.State(None), gr.State(None), alert, bars, watch, details, card, where, steer,
+    return FiredPanel(gr.State(None), gr.State(None), alert, bars, show_form, watch, details, card, where, steer,
                       watch_this, new_label, rename, neighbours, examples)
 
 
@@ -105,11 +109,11 @@ class FiredHandlers:
         return self._watch_dropdown(ids)
 
     @reported
-    def refresh(self, last, watched):
-        """Bars and alert again, for a changed watch list or a renamed feature."""
-        label = self.loader.get().catalog.label
-        alert, _ = fd.watch_alert(last, watched or [], label)
-        return fd.bars(last, label, watched or []), alert
+    def refresh(self, last, watched, show_form=False):
+        """Bars and alert again, for a new reply, a changed watch list or toggle, a renamed feature."""
+        catalog = self.loader.get().catalog
+        alert, _ = fd.watch_alert(last, watched or [], catalog.label)
+        return fd.bars(last, catalog.label, watched or [], show_form=bool(show_form), catalog=catalog), alert
 
     @reported
     def rename(self, fid, new_label, last, watched, rows, *values):
@@ -128,10 +132,15 @@ def wire(panel: FiredPanel, handlers: FiredHandlers, steer: SteerPanel, steer_ha
     private = {"api_visibility": "undocumented"}
     panel.bars.select(handlers.select, panel.last, panel.view, **private)
     panel.neighbours.input(handlers.details, [panel.neighbours, panel.last], panel.view, **private)
-    panel.steer.click(steer_handlers.add, [panel.selected, steer.rows, *steer.sliders], steer.view, **private)
+    panel.steer.click(steer_handlers.add, [panel.selected, steer.rows, steer.mode, *steer.sliders], steer.view,
+                      **private)
     panel.watch_this.click(handlers.watch_add, [panel.selected, panel.watch], panel.watch, **private)
     steer.watch.click(handlers.watch_add, [steer.matches, panel.watch], panel.watch, **private)
-    panel.watch.change(handlers.refresh, [panel.last, panel.watch], [panel.bars, panel.alert], **private)
+    refresh_inputs = [panel.last, panel.watch, panel.show_form]
+    panel.watch.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
+    panel.show_form.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
+    # A new reply's bars come from the chat panel without the toggle; this applies it.
+    panel.last.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
     rename_inputs = [panel.selected, panel.new_label, panel.last, panel.watch, steer.rows, *steer.sliders]
     rename_outputs = [panel.card, panel.bars, panel.alert, panel.watch, *steer.view]
     panel.rename.click(handlers.rename, rename_inputs, rename_outputs, concurrency_id="catalog", **private)

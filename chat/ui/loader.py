@@ -76,7 +76,9 @@ class EngineLoader:
             self._phase = f"loading model {self.model or 'gemma-3-270m (embedded)'}"
             lm = load_model(self.model, device=self.device)
             self._phase = f"loading dictionary {self.dictionary or '(default)'}"
-            self._engine = load(self.model, self.dictionary, self.layer, device=self.device, lm=lm)
+            # A dictionary without labels may fetch Neuronpedia's: the status line shows each batch.
+            self._engine = load(self.model, self.dictionary, self.layer, device=self.device, lm=lm,
+                                progress=self._set_phase)
         except Exception as e:  # hub, network and format errors come in many types
             asked = " + ".join(str(x) for x in (self.model, self.dictionary) if x)
             if not (self.fallback and asked):
@@ -88,6 +90,9 @@ class EngineLoader:
                 self._engine = load(device=self.device)
             except Exception as e2:
                 self._error = f"could not load the embedded default either: {_one_line(e2)}"
+
+    def _set_phase(self, phase: str) -> None:
+        self._phase = phase
 
     def status(self) -> str:
         """One line for the page: what is loaded, or what is happening, or what failed."""

@@ -1,5 +1,5 @@
 """The steering panel: find features by name or id, a slider per chosen feature, add/clamp,
-presets from curated features, reset. What it holds applies to the next reply.
+reset (presets are one-click tries: chat/ui/tryit.py). What it holds applies to the next reply.
 
 The rows are a fixed set of MAX_ROWS slots shown or hidden (stable components: their events
 stay wired and browser tests can find them by elem_id); the session's rows live in a gr.State.
@@ -28,7 +28,6 @@ class SteerPanel:
     matches: gr.Dropdown
     add: gr.Button
     watch: gr.Button
-    presets: gr.Dropdown
     reset: gr.Button
     slots: list
     sliders: list
@@ -57,10 +56,8 @@ def build() -> SteerPanel:
     gr.Markdown("Strength in multiples of each feature's usual max activation: left suppresses, right "
                 "amplifies, 0 leaves it alone. Applies to the next reply.", elem_classes="hint")
     mode = gr.Radio(list(MODES), value="add", label="Mode", info=MODE_HELP, elem_id="steer-mode")
-    with gr.Row():
-        presets = gr.Dropdown(label="Presets", choices=[], value=None, visible=False, scale=3, elem_id="presets")
-        reset = gr.Button("Reset all", size="sm", scale=1, elem_id="steer-reset")
-    return SteerPanel(gr.State([]), mode, query, matches, add, watch, presets, reset, slots, sliders, removes)
+    reset = gr.Button("Reset all", size="sm", elem_id="steer-reset")
+    return SteerPanel(gr.State([]), mode, query, matches, add, watch, reset, slots, sliders, removes)
 
 
 def render(rows: list[st.SteerRow]) -> list:
@@ -91,13 +88,15 @@ class SteerHandlers:
                            label=f"Matches ({len(hits)})" if hits else f"No feature matches {query!r}")
 
     @reported
-    def add(self, feature_id, rows, *values):
-        """Add a feature (an id from the matches or the fired panel) as a row at strength 0."""
+    def add(self, feature_id, rows, mode, *values):
+        """Add a feature (an id from the matches or the fired panel) as a row at a strength that
+        changes the next reply (`st.starting_strength`)."""
         if feature_id is None:
             raise gr.Error("Find a feature first, then pick it.")
         engine = self.loader.get()
         fid = engine.catalog.resolve(feature_id)
-        row = st.row_for(engine.catalog[fid], engine.catalog.label(fid))
+        feature = engine.catalog[fid]
+        row = st.row_for(feature, engine.catalog.label(fid), st.starting_strength(feature, mode or "add"))
         rows, problem = st.add(st.with_values(rows, values), row)
         if problem:
             gr.Warning(problem)
@@ -110,17 +109,6 @@ class SteerHandlers:
     def reset(self):
         return [*render([]), "add"]
 
-    @reported
-    def preset_choices(self):
-        names = [p.name for p in st.presets(self.loader.get().catalog)]
-        return gr.Dropdown(choices=names, value=None, visible=bool(names))
-
-    @reported
-    def apply_preset(self, name):
-        chosen = [p for p in st.presets(self.loader.get().catalog) if p.name == name]
-        if not chosen:  # the dropdown was cleared
-            return [gr.skip()] * (len(render([])) + 2)
-        return [*render(list(chosen[0].rows)), chosen[0].mode, gr.Dropdown(value=None)]
 
 
 def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
@@ -129,8 +117,7 @@ def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
     panel.query.submit(handlers.find, panel.query, panel.matches, **catalog)
     panel.query.input(handlers.find, panel.query, panel.matches, trigger_mode="always_last",
                       show_progress="hidden", **catalog)
-    panel.add.click(handlers.add, [panel.matches, panel.rows, *panel.sliders], panel.view, **private)
+    panel.add.click(handlers.add, [panel.matches, panel.rows, panel.mode, *panel.sliders], panel.view, **private)
     for i, button in enumerate(panel.removes):
         button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders], panel.view, **private)
     panel.reset.click(handlers.reset, None, [*panel.view, panel.mode], **private)
-    panel.presets.input(handlers.apply_preset, panel.presets, [*panel.view, panel.mode, panel.presets], **private)

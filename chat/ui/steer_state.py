@@ -5,14 +5,18 @@ amplify right, in multiples of the feature's max activation). Slider values live
 browser; handlers read them as inputs and fold them back in with `with_values`, so the
 state is always what the person sees.
 
-Presets come from curated features, the more steerable first. Where the catalog measured a
+Presets are one-click demonstrations (sliders, mode, and a message sent with Compare on): a
+dictionary's own presets.toml where it ships one, else made from curated features, the more
+steerable first. Where the catalog measured a
 feature's strength band per mode (`Feature.strengths`, {"add": [lo, hi]}: the concept shows
 and the text stays fluent), presets use the band's middle and the slider reaches twice its top.
 """
 from __future__ import annotations
 
 import math
+import tomllib
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Sequence
 
 from chat.steering import MAX_STRENGTH, MODES
@@ -20,8 +24,13 @@ from features.catalog import Catalog, Feature
 
 MAX_ROWS = 6
 DEFAULT_LIMIT = 10.0  # slider range ±10: past it most features turn text to noise
+MIN_LIMIT = 2.0  # the narrowest slider, for features whose band is far below 1x
 DEFAULT_AMPLIFY, DEFAULT_SUPPRESS = 4.0, -4.0
+DISCOVER_STRENGTH = 3.0  # what `features discover` steered every feature with
 MAX_PRESET_FEATURES = 3
+MAX_PRESETS = 4  # the first screen's preset buttons
+PRESETS_FILE = "presets.toml"  # beside a dictionary's catalog: its own one-click demonstrations
+DEFAULT_PRESET_MESSAGE = "Tell me about your weekend."
 
 
 @dataclass(frozen=True)
@@ -38,9 +47,15 @@ class SteerRow:
 
 @dataclass(frozen=True)
 class Preset:
+    """A one-click demonstration: its sliders, mode, and a message to send with Compare on."""
+
     name: str
     rows: tuple[SteerRow, ...]
     mode: str = "add"
+    message: str = DEFAULT_PRESET_MESSAGE
+    description: str = ""
+    terms: tuple[str, ...] = ()  # words that show it worked (checked by the embedded tests)
+    expect: str = "present"  # "absent" for a suppression: the terms stay out of the steered reply
 
 
 def recommended(feature: Feature, mode: str = "add") -> tuple[float, float, float] | None:
@@ -55,10 +70,31 @@ def recommended(feature: Feature, mode: str = "add") -> tuple[float, float, floa
     return -middle, middle, max(abs(low), abs(high))
 
 
+def starting_strength(feature: Feature, mode: str = "add") -> float:
+    """Where a new slider starts, so that the next reply shows the feature: the low end of its
+    measured band for `mode`; else its catalog's recommended strength; else, for a feature that
+    `features discover` saw make the model say new words (at 3x), that strength; else
+    DEFAULT_AMPLIFY."""
+    band = (feature.strengths or {}).get(mode)
+    if isinstance(band, (list, tuple)) and len(band) == 2 and all(math.isfinite(float(v)) for v in band):
+        low = min(band, key=lambda v: abs(float(v)))
+        if float(low):
+            return float(low)
+    measured = feature.extra.get("recommended")
+    if isinstance(measured, (int, float)) and not isinstance(measured, bool) and math.isfinite(measured) and measured:
+        return float(measured)
+    if feature.extra.get("writes"):
+        return DISCOVER_STRENGTH
+    return DEFAULT_AMPLIFY
+
+
 def row_for(feature: Feature, label: str, strength: float = 0.0) -> SteerRow:
-    """A row for `feature`; its slider reaches twice the largest measured strength, if any."""
+    """A row for `feature`. Its slider reaches twice the largest measured strength where the
+    feature has a band (so a band at 0.5-1x is not squeezed into a corner of a ±10 slider);
+    otherwise ±DEFAULT_LIMIT. `strength` is clipped to the slider's range."""
     largest = max((rec[2] for mode in MODES if (rec := recommended(feature, mode))), default=0.0)
-    limit = min(max(DEFAULT_LIMIT, 2 * largest), MAX_STRENGTH)
+    limit = max(MIN_LIMIT, 2 * largest) if largest else DEFAULT_LIMIT
+    limit = min(limit, MAX_STRENGTH)
     return SteerRow(feature.id, label, max(-limit, min(limit, strength)), limit)
 
 
@@ -92,6 +128,60 @@ def steer_dict(rows: Sequence[SteerRow]) -> dict[int, float]:
 def describe(rows: Sequence[SteerRow], mode: str) -> str:
     active = [f"{r.strength:+g} × {r.title}" for r in rows if r.strength]
     return f"{mode}: " + ", ".join(active) if active else "no steering"
+
+
+class PresetError(ValueError):
+    """A presets file that cannot be used; the message says where."""
+
+
+def read_presets(path: Path, catalog: Catalog) -> list[Preset]:
+    """Presets from a dictionary's presets.toml:
+
+        [[preset]]
+        name = "Obsessed with God"
+        message = "Tell me about your weekend."
+        mode = "add"                      # optional, add or clamp
+        steer = { 5219 = 1.0 }            # feature id = strength
+        terms = ["god", "lord"]           # optional: words that show it worked
+        expect = "present"                # optional: "absent" for a suppression
+    """
+    where = str(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PresetError(f"{where}: {e}") from None
+    out = []
+    for i, p in enumerate(data.get("preset", [])):
+        at = f"{where}, preset {i + 1}"
+        name, message, mode, steer = p.get("name"), p.get("message"), p.get("mode", "add"), p.get("steer")
+        if not (isinstance(name, str) and name.strip() and isinstance(message, str) and message.strip()):
+            raise PresetError(f"{at}: name and message must be non-empty text")
+        if mode not in MODES:
+            raise PresetError(f"{at}: mode must be one of {', '.join(MODES)}, got {mode!r}")
+        if not isinstance(steer, dict) or not 1 <= len(steer) <= MAX_ROWS:
+            raise PresetError(f"{at}: steer must be a table of 1 to {MAX_ROWS} feature id = strength")
+        rows = []
+        for key, strength in steer.items():
+            if not (key.isdigit() and int(key) < len(catalog)):
+                raise PresetError(f"{at}: {key!r} is not a feature id of this dictionary")
+            if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
+                raise PresetError(f"{at}: the strength of {key} must be a number")
+            rows.append(row_for(catalog[int(key)], catalog.label(int(key)), float(strength)))
+        terms, expect = p.get("terms", []), p.get("expect", "present")
+        if not (isinstance(terms, list) and all(isinstance(t, str) for t in terms)) or expect not in ("present", "absent"):
+            raise PresetError(f"{at}: terms must be a list of words and expect 'present' or 'absent'")
+        out.append(Preset(name.strip(), tuple(rows), mode, message.strip(), str(p.get("description", "")),
+                          tuple(terms), expect))
+    return out[:MAX_PRESETS]
+
+
+def presets_for(catalog: Catalog, folder: Path | None) -> list[Preset]:
+    """The dictionary's own presets where it ships a presets file, else ones made from its
+    curated features (`presets`)."""
+    path = folder / PRESETS_FILE if folder is not None else None
+    if path is not None and path.is_file():
+        return read_presets(path, catalog)
+    return presets(catalog)[:MAX_PRESETS]
 
 
 def presets(catalog: Catalog) -> list[Preset]:

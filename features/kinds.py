@@ -1,0 +1,111 @@
+"""Kinds of feature that are not concepts, and the token tests that recognise them.
+
+Many features fire on form rather than meaning: punctuation, digits, line breaks, code, the
+start of a sentence, the middle of a long word, or nearly everything. They get a plain name of
+what they are ("digits in numbers"), never a string of the fragments they fire on. Each kind is
+a yes/no test per token (`flags`), which the labeller scores like a list of words: a kind names
+a feature when it predicts the feature's firings better than its distinctive words do.
+"""
+from __future__ import annotations
+
+import keyword
+import re
+
+import numpy as np
+
+from features.words import Words, is_contraction
+
+CONCEPT = "concept"  # a feature named by what its words mean (the default kind)
+WORD = "word"  # one word and its forms
+AFTER = "after a word"  # the word just before is what it reads
+FUNCTION = "function words"  # "the", "of", "unto": grammar, not a concept
+PROPER = "proper names"  # names no dictionary has: "Abram", "Stinner"
+DENSE = "dense"
+# kind -> its plain name. Punctuation and white space get finer names from PUNCTUATION_NAMES.
+NAMES = {
+    "punctuation": "punctuation",
+    "space": "line breaks and indentation",
+    "digits": "digits in numbers",
+    "contraction": "apostrophe in contractions",
+    "code": "code identifiers",
+    "keyword": "Python keywords",
+    "sentence start": "start of a sentence",
+    "word piece": "inside long words",
+    "capital": "capitalised words",
+    PROPER: "proper names",
+    DENSE: "fires on almost every token",
+}
+# Kinds the fired panel hides behind its toggle: they fire on form, not on what is said.
+FORM_KINDS = frozenset({"punctuation", "space", DENSE, "contraction", "word piece", FUNCTION})
+DENSE_FRACTION = 0.2  # fires on more than this share of tokens: "almost every token" for a reader
+PUNCTUATION_NAMES = {
+    ",": "commas", ".": "full stops", ":": "colons", ";": "semicolons", "?": "question marks",
+    "!": "exclamation marks", "(": "brackets", ")": "brackets", "[": "brackets", "]": "brackets",
+    "{": "braces", "}": "braces", '"': "quotation marks", "'": "quotation marks", "“": "quotation marks",
+    "”": "quotation marks", "‘": "quotation marks", "’": "apostrophes", "-": "hyphens and dashes",
+    "--": "hyphens and dashes", "—": "hyphens and dashes", "–": "hyphens and dashes", "/": "slashes",
+    "*": "asterisks", "=": "equals signs", "#": "hash signs", "<": "angle brackets", ">": "angle brackets",
+    "_": "underscores", "`": "grave accents", "%": "percent signs", "$": "dollar signs", "&": "ampersands",
+    "@": "at signs", "|": "vertical bars", "+": "plus signs", "\\": "backward slashes", "~": "tildes",
+    "...": "ellipses", "\n": "line breaks", "\n\n": "paragraph breaks",
+}
+FLAG_KINDS = ("punctuation", "space", "digits", "contraction", "code", "keyword", "sentence start",
+              "word piece", "capital")
+_PY_KEYWORDS = frozenset(keyword.kwlist) | {"self", "def", "print", "len", "str", "int", "dict", "list"}
+_CAMEL = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|_")
+
+
+def punctuation_name(units: list[str]) -> str:
+    """A plain name for punctuation/space units: "commas", "commas and full stops"."""
+    names: list[str] = []
+    for u in units:
+        if not u.strip():
+            name = "paragraph breaks" if u.count("\n") > 1 else "line breaks" if "\n" in u else "indentation"
+        else:
+            key = u.strip()
+            name = PUNCTUATION_NAMES.get(key) or PUNCTUATION_NAMES.get(key[:1]) or "punctuation"
+        if name not in names:
+            names.append(name)
+    if not names:
+        return NAMES["punctuation"]
+    if len(names) > 1 and " and " not in names[0] + names[1]:
+        return f"{names[0]} and {names[1]}"
+    return names[0]  # not "punctuation and hyphens and dashes"
+
+
+def flags(tokens: list[str], words: Words) -> np.ndarray:
+    """(len(tokens), len(FLAG_KINDS)) bool: which kinds each token is."""
+    out = np.zeros((len(tokens), len(FLAG_KINDS)), dtype=bool)
+    col = {k: j for j, k in enumerate(FLAG_KINDS)}
+    previous_unit = -1
+    sentence_start = True  # the sequence start counts
+    for t, tok in enumerate(tokens):
+        u = words.of_token[t]
+        text = words.words[u]
+        first_token = u != previous_unit
+        if words.is_word[u]:
+            if text.isdigit() or text.replace(",", "").replace(".", "").isdigit():
+                out[t, col["digits"]] = True
+            if ("'" in tok or "’" in tok) and is_contraction(text):
+                out[t, col["contraction"]] = True
+            if text in _PY_KEYWORDS:
+                out[t, col["keyword"]] = True
+            if _CAMEL.search(text):
+                out[t, col["code"]] = True
+            if first_token and sentence_start:
+                out[t, col["sentence start"]] = True
+            if not first_token and not text.isdigit():
+                out[t, col["word piece"]] = True
+            if first_token and text[:1].isupper() and not sentence_start:
+                out[t, col["capital"]] = True
+            sentence_start = False
+        elif tok.strip():
+            out[t, col["punctuation"]] = True
+            if tok.strip()[-1:] in ".!?:":
+                sentence_start = True
+        else:
+            out[t, col["space"]] = True
+            if "\n" in tok:
+                sentence_start = True
+        previous_unit = u
+    return out

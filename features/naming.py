@@ -1,0 +1,217 @@
+"""A name a person can read, from a feature's distinctive words (its reads).
+
+Rules, in order (`name`):
+1. Reads that are punctuation, white space, digits or code are named by that kind.
+2. One word and its forms ("bridge", "bridges", "Bridge") -> that word.
+3. Words that share a WordNet hypernym or category -> that, plural where it counts things:
+   whale, shark, dolphin -> "sea creatures"-like ("aquatic vertebrates"); Monday, Friday ->
+   "weekdays"; cake, bread, soup -> "food and drink".
+4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
+Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
+they are most of what it reads, and are left out of names beside English words.
+Names are whole words, about 40 characters at most.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+from features.kinds import CONCEPT, FUNCTION, NAMES, PROPER, WORD, punctuation_name
+from features.lexicon import TOO_GENERAL, Lexicon
+
+MAX_CHARS = 40
+MIN_NOUN_DEPTH = 5  # hypernyms fewer steps below WordNet's root than this are too general to name
+# WordNet categories named in plain words, where a group of reads shares nothing nearer.
+CATEGORY_NAMES = {
+    "noun.animal": "animals", "noun.food": "food and drink", "noun.feeling": "feelings",
+    "noun.plant": "plants", "noun.body": "the body", "noun.location": "places", "noun.time": "times and dates",
+    "noun.person": "people", "noun.phenomenon": "natural phenomena", "noun.possession": "money and possessions",
+    "noun.substance": "substances and materials", "noun.quantity": "quantities and units",
+    "noun.communication": "language and communication", "noun.cognition": "knowledge and thought",
+    "noun.artifact": "things people make", "noun.act": "actions", "noun.state": "states and conditions",
+    "noun.attribute": "qualities", "noun.event": "events", "noun.group": "groups and organisations",
+    "noun.shape": "shapes", "noun.object": "natural objects", "noun.process": "processes",
+    "noun.motive": "motives", "noun.relation": "relations",
+    "verb.motion": "moving", "verb.communication": "saying and telling", "verb.emotion": "feeling emotions",
+    "verb.perception": "seeing and hearing", "verb.cognition": "thinking and knowing", "verb.body": "the body",
+    "verb.consumption": "eating and drinking", "verb.creation": "making things", "verb.possession": "having and giving",
+    "verb.social": "social life", "verb.competition": "fighting and competing", "verb.weather": "weather",
+    "verb.change": "change", "verb.contact": "touching and handling", "verb.stative": "being and seeming",
+}
+# Mass nouns read badly in the plural ("weathers"); their categories stay singular.
+_MASS_LEXNAMES = {"noun.substance", "noun.phenomenon", "noun.food", "noun.feeling", "noun.state",
+                  "noun.attribute", "noun.cognition", "noun.act", "noun.communication", "noun.possession"}
+# Words the text needs but WordNet leaves out (it has no function words); archaic forms for
+# the King James text.
+FUNCTION_WORDS = frozenset("""a about above after again against all am an and any are as at be because been
+before being below between both but by can could did do does doing down during each few for from further had
+has have having he her here hers herself him himself his how i if in into is it its itself just me more most my
+myself no nor not now of off on once only or other our ours ourselves out over own same she should so some
+such than that the their theirs them themselves then there these they this those through to too under until
+up very was we were what when where which while who whom why will with would you your yours yourself
+yourselves unto thee thou thy thine ye hath doth art shalt wilt hast didst saith shall may might must upon
+whose whatsoever wherefore also let lest yea nay amen o oh ah among within without across toward towards
+around via per onto although though whether yet either neither cannot unless since whereas whilst hence
+thus therefore however whom whoever whatever whichever something anything nothing everything someone
+anyone everyone somebody anybody nobody""".split())
+
+
+class Reading(NamedTuple):
+    """One distinctive word of a feature, as the labeller found it."""
+    word: str  # as most often written ("Bridge", "whales"): what the reads list shows
+    lemma: str  # lowercase base form: what is counted and matched
+    weight: float  # its share of what the feature reads (detection gain), > 0
+    kind: str | None = None  # "punctuation", "space", "digits", "code", "keyword" when not a word
+
+
+class Name(NamedTuple):
+    name: str
+    kind: str  # CONCEPT, WORD or one of features.kinds.NAMES
+
+
+def is_english(word: str, lexicon: Lexicon) -> bool:
+    w = word.lower().replace("’", "'")
+    if "'" in w:  # "don't", "John's": the word before the ending
+        w = w.split("'")[0]
+    return w in FUNCTION_WORDS or (w.isalpha() and lexicon.knows(w))
+
+
+def plural(word: str) -> str:
+    if word.endswith(("s", "x", "ch", "sh")):
+        return word + "es"
+    if word.endswith("y") and len(word) > 2 and word[-2] not in "aeiou":
+        return word[:-1] + "ies"
+    return word + "s"
+
+
+def display(word: str) -> str:
+    """A word as a name shows it: lowercase unless it is a proper name or an acronym."""
+    return word if (word[:1].isupper() and not word.isupper() or word.isupper() and len(word) > 1) else word.lower()
+
+
+def name(reads: Sequence[Reading], lexicon: Lexicon) -> Name:
+    """The name for these reads (best first); see the module doc for the rules."""
+    reads = [r for r in reads if r.weight > 0]
+    if not reads:
+        return Name("rare contexts", "rare")
+    total = sum(r.weight for r in reads)
+    formal = [r for r in reads if r.kind]
+    if sum(r.weight for r in formal) >= 0.6 * total:  # mostly form: name the kind
+        kinds = [r.kind for r in formal]
+        top = max(set(kinds), key=lambda k: sum(r.weight for r in formal if r.kind == k))
+        if top in ("punctuation", "space"):
+            units = [r.word for r in formal if r.kind in ("punctuation", "space")]
+            return Name(punctuation_name(units), top)
+        return Name(NAMES[top], top)
+    words = [r for r in reads if not r.kind and _nameable(r.word, lexicon)]
+    if not words:  # identifiers, names of things no dictionary has: code, mostly
+        return Name(NAMES["code"], "code")
+    english = [r for r in words if is_english(r.word, lexicon)]
+    if sum(r.weight for r in english) < 0.3 * sum(r.weight for r in words):  # "Abram", "Stinner"
+        return Name(NAMES[PROPER], PROPER)
+    words = english  # a proper name beside English words would read as a fragment of something
+    content = [r for r in words if r.lemma not in FUNCTION_WORDS]
+    if not content or sum(r.weight for r in content) < 0.3 * sum(r.weight for r in words):
+        if sum(r.weight for r in words[:1]) >= 0.6 * sum(r.weight for r in words) or len(words) == 1:
+            return Name(_fit(display(words[0].word)), WORD)
+        grammar = [display(r.word) for r in words if r.lemma in FUNCTION_WORDS]
+        return Name(_fit("function words: " + ", ".join(dict.fromkeys(grammar[:3]))), FUNCTION)
+    first = content[0]
+    share = sum(r.weight for r in content)
+    forms = [r for r in content if _same_word(r, first, lexicon)]
+    if sum(r.weight for r in forms) >= 0.6 * share or len(content) == 1:
+        return Name(_fit(display(first.word)), WORD)
+    group = _group(content[:8], lexicon)
+    if group:
+        return Name(_fit(group), CONCEPT)
+    shown: list[str] = []
+    for r in content:
+        if len(shown) == 3:
+            break
+        if not any(_same_word(r, Reading(s, lexicon.lemma(s), 1.0), lexicon) for s in shown):
+            shown.append(display(r.word))
+    text = _listed(shown)
+    while len(text) > MAX_CHARS and len(shown) > 1:
+        shown.pop()
+        text = _listed(shown)
+    return Name(_fit(text), CONCEPT)
+
+
+def _listed(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def _nameable(word: str, lexicon: Lexicon) -> bool:
+    """A word a name may use: an English word, or a proper name (capitalised letters)."""
+    if len(word) < 3 and word.lower() not in FUNCTION_WORDS:  # "s" of "'s", "t": WordNet letters, not words
+        return False
+    return is_english(word, lexicon) or (word.isalpha() and word[:1].isupper() and word[1:].islower()
+                                         and len(word) > 2)
+
+
+def _same_word(a: Reading, b: Reading, lexicon: Lexicon) -> bool:
+    """One word and its forms: the same lemma, a derived form, or one a prefix of the other
+    ("Egypt", "Egyptians")."""
+    if a.lemma == b.lemma:
+        return True
+    la, lb = a.lemma, b.lemma
+    if min(len(la), len(lb)) >= 4 and (la.startswith(lb) or lb.startswith(la)):
+        return True
+    rel = lexicon.meanings(la).get(lb)
+    return rel is not None and rel.how == "derived"
+
+
+def _group(words: Sequence[Reading], lexicon: Lexicon) -> str | None:
+    """A hypernym or category most of the weight of these words shares, named; None if none."""
+    total = sum(r.weight for r in words)
+    known = [r for r in words if lexicon.senses(r.lemma)]
+    if len(known) < 2:
+        return None
+    cover: dict[str, float] = {}  # candidate name -> weight of the words under it
+    steps: dict[str, list[int]] = {}
+    members: dict[str, set[str]] = {}
+    for r in known:
+        seen: dict[str, int] = {}
+        for rank, s in enumerate(lexicon.senses(r.lemma, "n")[:2] or lexicon.senses(r.lemma, "v")[:1]):
+            candidates = [(s, 0)] + list(lexicon.ancestors(s, 6))
+            for h, step in candidates:
+                words_h = lexicon.words(h)
+                if not words_h or words_h[0] in TOO_GENERAL or " " in words_h[0] and step == 0:
+                    continue
+                if lexicon.lexname(h).startswith("noun.") and len(lexicon.ancestors(h)) < MIN_NOUN_DEPTH:
+                    continue  # "physical entity", "living thing": true of nearly everything
+                key = f"syn:{h}"
+                seen[key] = min(seen.get(key, 99), step + rank)
+            lex = lexicon.lexname(s)
+            if lex in CATEGORY_NAMES and lex not in ("noun.artifact", "noun.act", "noun.state", "noun.attribute",
+                                                     "noun.cognition", "noun.communication", "verb.stative",
+                                                     "verb.change"):
+                seen.setdefault(f"lex:{lex}", 7 + rank)
+        for key, step in seen.items():
+            cover[key] = cover.get(key, 0.0) + r.weight
+            steps.setdefault(key, []).append(step)
+            members.setdefault(key, set()).add(r.lemma)
+    best, best_score = None, 0.0
+    for key, weight in cover.items():
+        if len(members[key]) < 2 or weight < 0.5 * total:
+            continue
+        score = weight / total - 0.04 * (sum(steps[key]) / len(steps[key]))
+        if score > best_score:
+            best, best_score = key, score
+    if best is None:
+        return None
+    kind, _, value = best.partition(":")
+    if kind == "lex":
+        return CATEGORY_NAMES[value]
+    s = int(value)
+    word = next((w for w in lexicon.words(s) if " " not in w), lexicon.words(s)[0])
+    if lexicon.lexname(s) in _MASS_LEXNAMES:
+        return word
+    head, _, last = word.rpartition(" ")  # "sea creature" -> "sea creatures"
+    return f"{head} {plural(last)}".strip()
+
+
+def _fit(text: str) -> str:
+    if len(text) <= MAX_CHARS:
+        return text
+    cut = text[:MAX_CHARS].rsplit(" ", 1)[0]
+    return cut.rstrip(",")

@@ -1,0 +1,197 @@
+"""The labeller's parts on tiny fixtures: whole words, a tiny WordNet, naming rules, detection,
+search by meaning and the fired panel's ranking."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from features import kinds as K
+from features.catalog import Catalog, Feature
+from features.evidence import Firings
+from features.lexicon import Lexicon
+from features.naming import Reading, name
+from features.wordnet import WordNet, compact
+from features.words import join
+from label_helpers import write_wordnet
+
+@pytest.fixture(scope="module")
+def wordnet(tmp_path_factory):
+    return WordNet(write_wordnet(tmp_path_factory.mktemp("wordnet")))
+
+
+@pytest.fixture(scope="module")
+def lexicon(wordnet):
+    return Lexicon(compact(wordnet, [w for w, _ in wordnet.index]))
+
+
+# --- whole words ---------------------------------------------------------------------------
+
+def test_sub_word_pieces_join_into_their_word():
+    tokens = ["le", "av", "ened", " bread", ",", " don", "'", "t", " Py", "List", "_", "SET", "(", "\n"]
+    w = join(tokens)
+    assert [w.words[i] for i in w.of_token] == ["leavened"] * 3 + ["bread", ","] + ["don't"] * 3 + \
+        ["PyList_SET"] * 4 + ["(", "\n"]
+    assert [w.is_word[i] for i in w.of_token][:5] == [True, True, True, True, False]
+
+
+def test_kind_flags_of_tokens():
+    tokens = ["The", " dog", "'", "s", " 1", "2", ".", " It", " isn", "'", "t", "\n"]
+    flags = K.flags(tokens, join(tokens))
+    col = {k: j for j, k in enumerate(K.FLAG_KINDS)}
+    assert flags[:, col["digits"]].tolist() == [False] * 4 + [True, True] + [False] * 6
+    assert flags[:, col["contraction"]].tolist()[9] and not flags[:, col["contraction"]].tolist()[2]  # not "dog's"
+    assert flags[:, col["sentence start"]].nonzero()[0].tolist() == [0, 7]
+    assert flags[:, col["word piece"]].nonzero()[0].tolist() == [2, 3, 9, 10]
+    assert flags[:, col["space"]].nonzero()[0].tolist() == [11]
+
+
+# --- WordNet -------------------------------------------------------------------------------
+
+def test_wordnet_reader(wordnet):
+    whale = wordnet.senses("whales")[0]
+    assert whale.lexname == "noun.animal" and whale.words == ["whale"]
+    assert [wordnet.synsets[a].words[0] for a in wordnet.ancestors(whale.key)] == [
+        "sea creature", "animal", "organism", "living thing", "whole", "object", "physical entity", "entity"]
+    assert wordnet.lemma("geese") == "goose" and wordnet.lemma("dogs") == "dog" and wordnet.lemma("xyz") == "xyz"
+
+
+def test_compact_lexicon_keeps_what_search_needs(lexicon):
+    assert lexicon.lemma("Geese") == "goose" and lexicon.lemma("whales") == "whale"
+    assert lexicon.similarity("animals", "whale").how == "narrower"  # more specific
+    assert lexicon.similarity("whale", "animal").how == "broader"
+    assert lexicon.similarity("dogs", "dog").how == "same"
+    assert lexicon.similarity("bridge", "whale") is None
+
+
+# --- naming rules --------------------------------------------------------------------------
+
+def reads(*words, kind=None):
+    return [Reading(w, w.lower(), 1.0 - 0.05 * j, kind) for j, w in enumerate(words)]
+
+
+def test_words_that_share_a_hypernym_are_named_by_it(lexicon):
+    assert name(reads("whale", "shark", "dolphin"), lexicon) == ("sea creatures", K.CONCEPT)
+    assert name(reads("Monday", "Friday"), lexicon) == ("weekdays", K.CONCEPT)
+    # "living thing" covers whale and dog too, but it is too near WordNet's root to name anything.
+    assert name(reads("whale", "dog"), lexicon) == ("animals", K.CONCEPT)
+
+
+def test_one_word_and_its_forms_is_that_word(lexicon):
+    assert name([Reading("bridge", "bridge", 0.6), Reading("bridges", "bridge", 0.3), Reading("dog", "dog", 0.1)],
+                 lexicon) == ("bridge", K.WORD)
+
+
+def test_kinds_get_plain_names_never_fragments(lexicon):
+    assert name(reads(",", ".", kind="punctuation"), lexicon) == ("commas and full stops", "punctuation")
+    assert K.punctuation_name(["—", ",", "."]) == "hyphens and dashes"  # never "... and ... and ..."
+    assert name(reads("<number>", kind="digits"), lexicon) == ("digits in numbers", "digits")
+    assert name(reads("faulthandler", "xqz"), lexicon).name == "code identifiers"  # no English word to name
+    assert name(reads("of", "the", "unto"), lexicon).kind == K.FUNCTION
+    assert name(reads("Stinner", "Serhiy"), lexicon) == ("proper names", K.PROPER)
+    assert name(reads("Stinner", "bridge", "bridges"), lexicon) == ("bridge", K.WORD)  # the name left out
+    unrelated = name(reads("bridge", "dog"), lexicon)
+    assert unrelated == ("bridge and dog", K.CONCEPT)
+
+
+# --- detection -----------------------------------------------------------------------------
+
+def _text(tokens: list[str], fires: list[int]):
+    ids = np.arange(len(tokens), dtype=np.int32)[None]
+    firings = Firings(ids, np.asarray(fires, np.int64), np.zeros(len(fires), np.int32),
+                      np.ones(len(fires), np.float32), np.ones_like(ids, dtype=bool))
+    return firings, lambda t: tokens[t]
+
+
+def test_reads_name_and_detection_score(lexicon):
+    from features.label import Vocabulary, detection, read_text, verdict
+
+    tokens = " whales swim and sharks hunt while the dolphin plays near whales and a bridge".split(" ")
+    tokens = [tokens[0]] + [" " + t for t in tokens[1:]]
+    fires = [j for j, t in enumerate(tokens) if t.strip() in ("whales", "sharks", "dolphin")]
+    firings, decode = _text(tokens, fires)
+    vocab = Vocabulary(lexicon)
+    text = read_text(firings, decode, vocab)
+    v = verdict(np.asarray(fires), 0.01, text, vocab)
+    assert v.name == "sea creatures" and set(v.reads) == {"whales", "sharks", "dolphin"}
+    assert detection(v, np.asarray(fires), text) == (1.0, 4)  # every firing predicted, no false alarm
+    # Held-out text where the reads miss one firing and flag one token that does not fire.
+    held = [" whales", " sharks", " dolphin", " swim", " goose"]
+    firings2, decode2 = _text(held, [0, 1, 4])
+    text2 = read_text(firings2, decode2, vocab)
+    score, n = detection(v, np.asarray([0, 1, 4]), text2)
+    assert n == 3 and score == pytest.approx(0.5 * (2 / 3 + 1 / 2))
+
+
+# --- search by meaning ---------------------------------------------------------------------
+
+def test_meaning_beats_typo_and_writers_come_first(lexicon, monkeypatch):
+    import features.lexicon as lx
+
+    monkeypatch.setattr(lx, "default", lambda: lexicon)
+    cat = Catalog(64, {
+        1: Feature(1, "whale"),                                   # more specific than "animal"
+        2: Feature(2, "animas"),                                  # a typo away from "animal"
+        3: Feature(3, "rare contexts", extra={"reads": ["shark"]}),
+        4: Feature(4, "function words: of", extra={"writes": ["animals"]}),
+        5: Feature(5, "bridge"),
+    })
+    found = [f.id for f in cat.search("animal")]
+    assert found.index(2) == len(found) - 1 and set(found) == {1, 2, 3, 4}  # the typo comes last
+    assert found[0] == 4  # it writes the word: steering with it says the concept
+    assert [f.id for f in cat.search("animal", writes_first=False)][0] == 1  # by name without it
+    assert [f.id for f in cat.search("bridge")] == [5]
+    # A typo of a word no feature uses is corrected against the lexicon, then read by meaning.
+    only_dogs = Catalog(64, {1: Feature(1, "dog"), 2: Feature(2, "bridge")})
+    assert [f.id for f in only_dogs.search("animla")] == [1]
+
+
+# --- the fired panel -----------------------------------------------------------------------
+
+def test_fired_ranking_discounts_dense_features_and_hides_form():
+    from chat.ui import fired as fd
+
+    cat = Catalog(8, {
+        0: Feature(0, "fires on almost every token", 1.0, 0.5, extra={"kind": K.DENSE}),
+        1: Feature(1, "whales", 1.0, 1e-4, extra={"kind": K.CONCEPT}),
+        2: Feature(2, "the", 1.0, 0.05, extra={"kind": K.WORD}),
+        3: Feature(3, "commas", 1.0, 1e-3, extra={"kind": "punctuation"}),
+    })
+    acts = torch.zeros(3, 8)
+    acts[:, 0] = 1.0   # at its usual max on every token, but it fires on half of all text
+    acts[1, 1] = 0.6   # 60% of its max, and rare
+    acts[2, 2] = 1.0
+    acts[0, 3] = 1.0
+    last = fd.LastReply(["a", "b", "c"], acts.to_sparse(), [])
+    assert [h.id for h in fd.ranked(last, cat)] == [1, 2]
+    assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
+    assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
+    assert fd.kind_note(cat[3]) == " [punctuation]" and fd.kind_note(cat[1]) == ""
+
+
+def test_evaluate_labels_report(lexicon):
+    from features.evaluate_labels import evaluate
+
+    cat = Catalog(8, {
+        0: Feature(0, "animals", 1.0, 0.01, extra={"kind": K.CONCEPT, "reads": ["whale"], "score": 0.8,
+                                                   "heldout_fires": 9}),
+        1: Feature(1, "Py · ened → xq", 1.0, 0.01),  # the old kind of label: fragments
+        2: Feature(2, "digits in numbers", 1.0, 0.1, extra={"kind": "digits", "score": 0.6, "heldout_fires": 3}),
+        3: Feature(3, "dead", None, 0.0),
+    })
+    report = evaluate(cat, lexicon)
+    assert report.live == 3 and report.whole_words == pytest.approx(2 / 3, abs=1e-3)
+    assert report.not_whole == ["Py · ened → xq"]
+    assert report.scored == 1 and report.score_median == 0.8  # 3 held-out firings are too few to score
+    assert len(report.concepts) >= 40
+
+
+def test_details_card_shows_name_kind_reads_writes_and_score():
+    from chat.ui import fired as fd
+
+    f = Feature(4, "commas", 2.0, 0.01, extra={"kind": "punctuation", "name": "commas", "reads": [",", "and"],
+                                              "writes": ["sea"], "score": 0.83, "heldout_fires": 120})
+    card = fd.feature_card(f, "my commas")  # renamed by a user: the automatic name shows too
+    assert card.startswith("### #4 my commas [punctuation] · detection 0.83")
+    assert "Automatic name: commas" in card and "Reads: `,`, `and`" in card
+    assert "Amplified, replies say: `sea`" in card and "on 120 held-out firings" in card
