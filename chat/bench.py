@@ -11,7 +11,7 @@ one process (plain, steered, steered, plain, ...; the median over adjacent pairs
 - prefill of a 512-token prompt (one forward pass) and time to first token (generate, streamed);
 - cold start: a fresh process that imports the app and the engine, loads the model (from the
   converted copy in the cache) and the dictionary, and streams the first token of a reply;
-- dictionary harvest tokens/s (`features.harvest`) and training tokens/s (`features.train` on
+- dictionary harvest tokens/s (`features.pipeline.harvest`) and training tokens/s (`features.pipeline.train` on
   synthetic vectors at the default width; steady state, from two runs of different length);
 - peak memory (max RSS) of this process and of the cold-start process.
 """
@@ -250,7 +250,7 @@ def bench_cold_start(ref: dict, s: Settings, res: Results) -> None:
 
 
 def bench_harvest(engine: Engine, s: Settings, res: Results) -> None:
-    from features.harvest import harvest
+    from features.pipeline.harvest import harvest
 
     seq_len = 256
     ids = _text_ids(engine, seq_len)
@@ -267,7 +267,7 @@ def bench_train(d_in: int, layer: int, s: Settings, res: Results) -> None:
     steps, so set-up and the final checkpoint cancel out."""
     from safetensors.torch import save_file
 
-    from features.train import TrainConfig, train
+    from features.pipeline.train import TrainConfig, train
 
     base = TrainConfig()
     batch, steps = base.batch_tokens, 2 + s.train_steps

@@ -1,5 +1,5 @@
 import sys
 
-from features.cli import main
+from features.pipeline.cli import main
 
 sys.exit(main())

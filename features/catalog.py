@@ -73,10 +73,10 @@ class Feature:
     examples: list[dict] = field(default_factory=list)
     top_tokens: list[str] = field(default_factory=list)
     # Output score in 0..1: how much amplifying the feature lifts the tokens it names
-    # (features/steerability.py); None when not measured.
+    # (features/pipeline/steerability.py); None when not measured.
     steerability: float | None = None
     # Measured strength bands where the concept shows and text stays fluent, per mode:
-    # {"add": [lo, hi], "clamp": [lo, hi]} in multiples of max_activation (features/calibrate.py).
+    # {"add": [lo, hi], "clamp": [lo, hi]} in multiples of max_activation (features/pipeline/calibrate.py).
     strengths: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 

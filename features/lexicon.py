@@ -1,7 +1,7 @@
 """The compact lexicon: the slice of WordNet that naming and search use, from the pip install alone.
 
 `assets/lexicon.json.gz` (written by `python -m features label` from Debian's wordnet-base,
-see features/wordnet.py `compact`) holds, for the common English words and every word the
+see features/pipeline/wordnet.py `compact`) holds, for the common English words and every word the
 embedded catalog's names, reads and writes use: their senses (synsets, commonest first, up to
 3 per part of speech), each synset's words, hypernyms, lexicographer category and derived
 forms, and WordNet's irregular forms. Loaded lazily, once (~1 s).
@@ -17,10 +17,17 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-from features.wordnet import SUFFIXES
 
 ASSET = Path(__file__).resolve().parent.parent / "assets" / "lexicon.json.gz"
 FORMAT = "steerchat-lexicon/1"
+# Morphy's detachment rules (WordNet's morph(7WN)), tried in order after the exception lists.
+SUFFIXES = {
+    "n": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+          ("men", "man"), ("ies", "y")],
+    "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
+    "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
+    "r": [],
+}
 
 # How close a related word is, for ranking: its own forms first, then synonyms and derived
 # forms, then more specific words (a "dog" is an animal), then more general ones.

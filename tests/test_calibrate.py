@@ -1,10 +1,10 @@
-"""Strength sweeps and recommended bands (features/calibrate.py) on the tiny model."""
+"""Strength sweeps and recommended bands (features/pipeline/calibrate.py) on the tiny model."""
 from __future__ import annotations
 
 import pytest
 
 from chat.engine import Engine
-from features.calibrate import SweepPoint, band, sweep, unsteered
+from features.pipeline.calibrate import SweepPoint, band, sweep, unsteered
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 

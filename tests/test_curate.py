@@ -1,4 +1,4 @@
-"""The curation assistant (features/curate.py) on the tiny model."""
+"""The curation assistant (features/pipeline/curate.py) on the tiny model."""
 from __future__ import annotations
 
 import json
@@ -8,10 +8,10 @@ import torch
 
 from chat.engine import Engine
 from chat.metrics import concept_token_ids
-from features import curate
+from features.pipeline import curate
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
-from features.writers import concept_gradient
+from features.pipeline.writers import concept_gradient
 
 
 def test_concepts_load_and_take_turns_by_category(tmp_path):
@@ -149,7 +149,7 @@ def test_spec_cases_check_the_strength_in_the_band_where_most_replies_named_the_
 
 
 def test_discovered_candidates_are_the_features_whose_replies_named_the_concept_most():
-    from features.discover import Written
+    from features.pipeline.discover import Written
 
     rows = [Written(1, ("snow",), ("Snow fell.", "I like snow.", "Hello.")),  # 2 prompts
             Written(2, ("snow", "tax", "cheese"), ("snow", "snows", "more snow")),  # 3, noisy
@@ -162,7 +162,7 @@ def test_discovered_candidates_are_the_features_whose_replies_named_the_concept_
 
 
 def test_with_discovered_candidates_no_search_runs(tiny_lm, monkeypatch):
-    from features.discover import Written
+    from features.pipeline.discover import Written
 
     d = Dictionary.random(tiny_lm.d_model, 64, seed=1, hook_layer=1)
     engine = Engine(tiny_lm, d, Catalog(64, {i: Feature(i, f"f{i}", 4.0, 0.01) for i in range(64)}), 1, "test")

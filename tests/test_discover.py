@@ -1,4 +1,4 @@
-"""What each feature writes (features/discover.py) on the tiny model."""
+"""What each feature writes (features/pipeline/discover.py) on the tiny model."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import torch
 
 from chat.engine import Engine
 from chat.generate import GenerationSettings
-from features import discover
+from features.pipeline import discover
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 
@@ -97,7 +97,7 @@ def test_written_words_replace_the_writes_side_of_automatic_labels_only():
 
 
 def test_discover_write_without_a_dictionary_folder_is_a_one_line_error(capsys):
-    from features.cli import main
+    from features.pipeline.cli import main
 
     assert main(["discover", "--out", "w.jsonl", "--write"]) == 2
     assert "--write needs --dictionary" in capsys.readouterr().err

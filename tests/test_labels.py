@@ -8,10 +8,10 @@ import torch
 
 from features import kinds as K
 from features.catalog import Catalog, Feature
-from features.evidence import Firings
+from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.naming import Reading, name
-from features.wordnet import WordNet, compact
+from features.pipeline.naming import Reading, name
+from features.pipeline.wordnet import WordNet, compact
 from features.words import join
 from label_helpers import write_wordnet
 
@@ -104,7 +104,7 @@ def _text(tokens: list[str], fires: list[int]):
 
 
 def test_reads_name_and_detection_score(lexicon):
-    from features.label import Vocabulary, detection, read_text, verdict
+    from features.pipeline.label import Vocabulary, detection, read_text, verdict
 
     tokens = " whales swim and sharks hunt while the dolphin plays near whales and a bridge".split(" ")
     tokens = [tokens[0]] + [" " + t for t in tokens[1:]]
@@ -170,7 +170,7 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
 
 
 def test_evaluate_labels_report(lexicon):
-    from features.evaluate_labels import evaluate
+    from features.pipeline.evaluate_labels import evaluate
 
     cat = Catalog(8, {
         0: Feature(0, "animals", 1.0, 0.01, extra={"kind": K.CONCEPT, "reads": ["whale"], "score": 0.8,

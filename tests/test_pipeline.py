@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from chat.check import load_spec
-from features.corpus import documents, is_heldout, pack, pieces, split_pieces
+from features.pipeline.corpus import documents, is_heldout, pack, pieces, split_pieces
 from features.dictionary import Dictionary
-from features.evaluate import evaluate
-from features.harvest import harvest, residuals
+from features.pipeline.evaluate import evaluate
+from features.pipeline.harvest import harvest, residuals
 from label_helpers import write_wordnet
 
 WORDNET = (
@@ -133,7 +133,7 @@ def test_reconstruction_stats_do_not_depend_on_the_ce_subset(tiny_lm):
 
 
 def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
-    import features.harvest as hv
+    import features.pipeline.harvest as hv
 
     seqs = _sequences(tiny_lm.tokenizer)[:2]
     monkeypatch.setattr(hv, "OUTLIER_FACTOR", 1.0)  # "outlier" = above the median norm
@@ -146,8 +146,8 @@ def test_harvest_drops_outlier_positions(tiny_lm, tmp_path, monkeypatch):
 
 
 def test_evidence_keeps_every_firing_and_resumes(tiny_lm, tmp_path):
-    from features import evidence
-    from features.label import logit_lens
+    from features.pipeline import evidence
+    from features.pipeline.label import logit_lens
 
     seqs = _sequences(tiny_lm.tokenizer)[:6]
     d = Dictionary.random(32, 64, activation="topk", k=3, seed=5)
@@ -179,7 +179,7 @@ def test_evidence_keeps_every_firing_and_resumes(tiny_lm, tmp_path):
 def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, capsys):
     from features import formats
     from features.catalog import Catalog, Feature
-    from features.cli import main
+    from features.pipeline.cli import main
 
     folder = tmp_path / "dict"
     formats.save(Dictionary.random(32, 48, activation="topk", k=4, seed=1, hook_layer=1), folder, dtype=torch.float32)
@@ -236,7 +236,7 @@ def test_features_cli_label_and_evaluate(tiny_model_dir, corpus_dir, tmp_path, c
 
 
 def test_mixed_pieces_interleaves_sources(tmp_path):
-    from features.corpus import mixed_pieces
+    from features.pipeline.corpus import mixed_pieces
 
     for name in ("a", "b"):
         (tmp_path / f"{name}.txt").write_text("\n\n".join(f"{name}{i} " * 300 for i in range(200)))
@@ -249,7 +249,7 @@ def test_mixed_pieces_interleaves_sources(tmp_path):
 
 
 def test_mixed_sources_of_different_sizes_run_out_together(tmp_path):
-    from features.corpus import mixed_pieces
+    from features.pipeline.corpus import mixed_pieces
 
     (tmp_path / "big.txt").write_text("\n\n".join(f"big{i} " * 300 for i in range(300)))
     (tmp_path / "small.txt.gz").write_bytes(gzip.compress("\n\n".join(f"small{i} " * 300 for i in range(100)).encode()))
@@ -286,7 +286,7 @@ def hub_dataset(tmp_path):
 
 
 def test_hub_dataset_documents_stream_from_every_data_file(hub_dataset):
-    from features.corpus import hub_documents
+    from features.pipeline.corpus import hub_documents
 
     docs = list(hub_documents("hf://datasets/owner/stories", fs=hub_dataset))
     assert docs == ["Snow in winter.", "Plain notes about cats.", "Once upon a time there was a bridge.",
@@ -302,7 +302,7 @@ def test_hub_dataset_documents_stream_from_every_data_file(hub_dataset):
 def test_hub_dataset_is_a_source_like_a_folder(hub_dataset, monkeypatch):
     from pathlib import Path
 
-    from features import corpus
+    from features.pipeline import corpus
 
     real = corpus.hub_documents
     monkeypatch.setattr(corpus, "hub_documents", lambda ref: real(ref, fs=hub_dataset))
@@ -315,7 +315,7 @@ def test_hub_dataset_is_a_source_like_a_folder(hub_dataset, monkeypatch):
 def test_unreachable_hub_dataset_is_one_line(monkeypatch, tmp_path):
     import huggingface_hub.constants as constants
 
-    from features.corpus import hub_documents
+    from features.pipeline.corpus import hub_documents
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -328,7 +328,7 @@ def test_unreachable_hub_dataset_is_one_line(monkeypatch, tmp_path):
 def test_features_cli_evaluates_all_of_a_single_text_file(tiny_model_dir, tmp_path, capsys):
     """--text FILE is evaluated whole: a small file has no piece in the hashed held-out split."""
     from features import formats
-    from features.cli import main
+    from features.pipeline.cli import main
 
     folder = tmp_path / "dict"
     formats.save(Dictionary.random(32, 48, activation="topk", k=4, seed=1, hook_layer=1), folder, dtype=torch.float32)

@@ -9,9 +9,9 @@ from safetensors.torch import save_file
 
 from features import formats
 from features.catalog import Catalog, Feature
-from features.cli import main
+from features.pipeline.cli import main
 from features.dictionary import Dictionary
-from features.prune import FireCounts, fire_counts, prune, renumber
+from features.pipeline.prune import FireCounts, fire_counts, prune, renumber
 
 D_IN, D_SAE, K = 16, 64, 4
 

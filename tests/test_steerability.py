@@ -1,4 +1,4 @@
-"""Output scores (features/steerability.py) on the tiny model."""
+"""Output scores (features/pipeline/steerability.py) on the tiny model."""
 from __future__ import annotations
 
 import pytest
@@ -6,7 +6,7 @@ import torch
 
 from features.dictionary import Dictionary
 from chat.metrics import concept_token_ids
-from features.steerability import output_scores, target_words
+from features.pipeline.steerability import output_scores, target_words
 
 
 def test_target_words_take_the_written_side_of_automatic_labels():

@@ -12,9 +12,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from features import formats
-from features import train as train_mod
+from features.pipeline import train as train_mod
 from features.dictionary import Dictionary
-from features.train import TrainConfig, lr_factor, train
+from features.pipeline.train import TrainConfig, lr_factor, train
 
 D_IN, N_TRUE, ACTIVE = 32, 64, 4
 N_TOKENS, SHARD = 16384, 2048  # 8 shards: two shuffle windows
@@ -84,7 +84,7 @@ def test_dictionary_is_a_topk_sae_on_raw_activations(data, trained):
     _, x, _ = data
     d = trained[0].dictionary
     assert d.activation == "topk" and d.k == 8 and d.apply_b_dec_to_input and d.hook_layer == 3
-    assert d.cfg["trainer"] == "features.train" and d.cfg["steps"] == 512 and d.cfg["lr"] == 1e-2
+    assert d.cfg["trainer"] == "features.pipeline.train" and d.cfg["steps"] == 512 and d.cfg["lr"] == 1e-2
     acts = d.encode(x[:1000]).acts
     assert int((acts > 0).sum(1).max()) <= 8 and bool((acts >= 0).all())
     # Decoder rows are unit-norm in the trainer's (scaled) space, before any save folding.

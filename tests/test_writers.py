@@ -1,4 +1,4 @@
-"""Finding the features that write a concept (features/writers.py) on the tiny model."""
+"""Finding the features that write a concept (features/pipeline/writers.py) on the tiny model."""
 from __future__ import annotations
 
 import pytest
@@ -8,10 +8,10 @@ from chat.engine import Engine
 from chat.hooks import on_output
 from chat.metrics import concept_token_ids
 from features.catalog import Catalog, Feature
-from features.corpus import verse_chapters
+from features.pipeline.corpus import verse_chapters
 from features.dictionary import Dictionary
-from features.steerability import POSITIONS, scored_prompts
-from features.writers import attribution, concept_gradient, find_writers
+from features.pipeline.steerability import POSITIONS, scored_prompts
+from features.pipeline.writers import attribution, concept_gradient, find_writers
 
 PROMPTS = ("Hello there", "Tell me about your weekend.")
 

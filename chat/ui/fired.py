@@ -157,10 +157,10 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     if isinstance(name, str) and name and name != label:
         lines.append(f"Automatic name: {name}")
     reads = f.extra.get("reads")
-    if isinstance(reads, list) and reads:  # features/label.py: the words that set its contexts apart
+    if isinstance(reads, list) and reads:  # features/pipeline/label.py: the words that set its contexts apart
         lines.append("Reads: " + ", ".join(f"`{w}`" for w in reads[:8] if isinstance(w, str)))
     writes = f.extra.get("writes")
-    if isinstance(writes, list) and writes:  # features/discover.py: what steering with it made the model say
+    if isinstance(writes, list) and writes:  # features/pipeline/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))
     if f.top_tokens:
         lines.append("Promotes: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in f.top_tokens[:8]))

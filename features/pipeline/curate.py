@@ -4,7 +4,7 @@ measured add and clamp bands, for a person to review before it is marked curated
 For a concept (name, category, terms):
 1. candidates: with `discovered` (what `python -m features discover` recorded), the features
    whose steered replies named a term on the most prompts; otherwise the features whose decoder
-   directions best raise the terms' log-probability (`features.writers`, a gradient), plus the
+   directions best raise the terms' log-probability (`features.pipeline.writers`, a gradient), plus the
    features whose labels name the terms (readers), ranked by their measured lift at 2x;
 2. the best CANDIDATES of them by lift, then the first two readers, are swept (add: 0.5, 1,
    2, 3, 4, 6 x max activation; a sweep stops at the first failing strength after a passing one,
@@ -12,7 +12,7 @@ For a concept (name, category, terms):
    first with an add band is kept and swept in clamp mode too.
 
 A strength passes when at least half the replies, and a quarter more than unsteered, mention a
-term and the fluency cost stays <= `features.calibrate.MAX_COST`. Results go to a JSON-lines
+term and the fluency cost stays <= `features.pipeline.calibrate.MAX_COST`. Results go to a JSON-lines
 file, one line per concept, so a long run resumes where it stopped; concepts are visited one
 category at a time in turn, so a run stopped early still covers every category.
 
@@ -37,8 +37,8 @@ from typing import NamedTuple, Sequence
 import torch.nn.functional as F
 
 from chat import metrics
-from features.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
-from features.writers import find_writers
+from features.pipeline.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
+from features.pipeline.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml
 MAX_NEW_TOKENS = 20
@@ -91,7 +91,7 @@ def _points(points: Sequence[SweepPoint]) -> list[list]:
 
 
 def from_discovered(concept: Concept, discovered: Sequence, top: int = CANDIDATES) -> list[int]:
-    """The `top` features whose steered replies (`features.discover.Written`) mention the
+    """The `top` features whose steered replies (`features.pipeline.discover.Written`) mention the
     concept's terms on the most prompts (at least two), fewest other new words first: a writer of
     "snow" that says only "snow" beats one that also says "tax" and "cheese"."""
     pattern = metrics.term_pattern(concept.terms)

@@ -20,7 +20,7 @@ import torch
 
 from chat.models import LoadedModel
 from features.dictionary import Dictionary
-from features.harvest import residuals
+from features.pipeline.harvest import residuals
 
 
 class Firings(NamedTuple):

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from features.lexicon import SUFFIXES
+
 WORDNET_DIR = Path("/usr/share/wordnet")
 # The lexicographer files, in lex_filenum order (WordNet's lexnames(5WN)).
 LEXNAMES = (
@@ -26,14 +28,6 @@ LEXNAMES = (
     "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
 ).split()
 POS_FILES = {"n": "noun", "v": "verb", "a": "adj", "r": "adv"}
-# Morphy's detachment rules (WordNet's morph(7WN)), tried in order after the exception lists.
-SUFFIXES = {
-    "n": [("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-          ("men", "man"), ("ies", "y")],
-    "v": [("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")],
-    "a": [("er", ""), ("est", ""), ("er", "e"), ("est", "e")],
-    "r": [],
-}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """What does each feature write? Amplify every feature in turn and read what the model says.
 
-The concept-first search (`features.writers`, `features.curate`) asks "which feature writes
+The concept-first search (`features.pipeline.writers`, `features.pipeline.curate`) asks "which feature writes
 *winter*?" and finds nothing when the concept list names things the dictionary does not write.
 This asks the other way round, for every live feature at once: add it (add mode, STRENGTH ×
 max activation) on a few neutral prompts, decode a short greedy reply, and keep the words the
@@ -35,7 +35,7 @@ from torch import Tensor
 
 from chat.hooks import on_output
 from chat.prompt import build_prompt, reply_length
-from features.calibrate import NEUTRAL_PROMPTS
+from features.pipeline.calibrate import NEUTRAL_PROMPTS
 from features.catalog import Feature
 
 STRENGTH = 3.0  # curated writers show their concept at 1-3x; 3x finds the ones that need it

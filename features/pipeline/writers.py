@@ -26,8 +26,8 @@ from torch import Tensor
 
 from chat.hooks import on_output
 from chat.metrics import concept_token_ids
-from features.calibrate import NEUTRAL_PROMPTS
-from features.steerability import POSITIONS, output_scores, scored_prompts
+from features.pipeline.calibrate import NEUTRAL_PROMPTS
+from features.pipeline.steerability import POSITIONS, output_scores, scored_prompts
 
 
 class Writer(NamedTuple):

@@ -1,5 +1,5 @@
 """Names a person can read, for every live feature, from every firing on a few hundred
-thousand tokens (features/evidence.py), not from 8 contexts.
+thousand tokens (features/pipeline/evidence.py), not from 8 contexts.
 
 For each feature:
 - reads: the words that set its firings apart from ordinary text. Tokens are joined into whole
@@ -8,13 +8,13 @@ For each feature:
   the same words first, but the gain adds up to balanced accuracy, which is what we report).
   Reads come from the word it fires on; where it predicts better, the predictor also takes the
   words just before that add firings (mode "both"), or only those ("after a word").
-- name and kind: features/naming.py names the reads (a WordNet group, one word, or plain kinds
+- name and kind: features/pipeline/naming.py names the reads (a WordNet group, one word, or plain kinds
   such as "digits in numbers", features/kinds.py), unless a kind predicts the firings better.
 - score: detection score, the balanced accuracy of the name's predictor (its reads, or its
   kind's token test) on held-out tokens: (true positive rate + true negative rate) / 2, 0.5 is
   chance. `heldout_fires` says on how many held-out tokens it fired.
 - examples: the top contexts and samples from lower down its activation range, in whole words.
-- writes: what amplifying it makes the model say (features/discover.py), whole words only.
+- writes: what amplifying it makes the model say (features/pipeline/discover.py), whole words only.
 
 Stats (max activation, density) stay those of the catalog when it has them: curated strengths
 are measured in multiples of them. Curated labels are never replaced.
@@ -34,9 +34,9 @@ from chat.models import LoadedModel
 from features import kinds as K
 from features.catalog import Feature
 from features.dictionary import Dictionary
-from features.evidence import Firings
+from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.naming import Reading, display, is_english, name as name_of
+from features.pipeline.naming import Reading, display, is_english, name as name_of
 from features.words import base_word, join
 
 MAX_READS = 8  # words shown and named from

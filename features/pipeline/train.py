@@ -36,7 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .dictionary import Dictionary
+from features.dictionary import Dictionary
 
 SAMPLE_TOKENS = 1 << 16  # tokens that set input_scale and the initial b_dec
 SHUFFLE_SHARDS = 8  # a shuffle window holds about this many shards' worth of tokens, taken from all shards
@@ -214,7 +214,7 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
 
     fvu, dead = sum(recent) / len(recent), dead_fraction()
     w = {name: t.detach() for name, t in p.items()}
-    info = {"trainer": "features.train", **run["cfg"], "lr": cfg.learning_rate, "steps": step,
+    info = {"trainer": "features.pipeline.train", **run["cfg"], "lr": cfg.learning_rate, "steps": step,
             "tokens": step * B, "fvu": fvu, "dead_fraction": dead}
     dictionary = Dictionary(
         W_enc=w["W_enc_T"].T.contiguous(), b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],

@@ -21,7 +21,7 @@ from torch import Tensor
 from chat.hooks import on_output
 from chat.models import LoadedModel
 from features.dictionary import Dictionary
-from features.harvest import residuals
+from features.pipeline.harvest import residuals
 
 
 class EvalResult(NamedTuple):

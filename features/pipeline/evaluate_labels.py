@@ -4,7 +4,7 @@
   (WordNet lemmas or function words; "lenient" also allows proper names such as "Abram"), or is
   a plain kind name ("digits in numbers").
 - detection: the distribution of detection scores (balanced accuracy on held-out tokens,
-  features/label.py) over features that fired at least MIN_FIRES times on held-out text.
+  features/pipeline/label.py) over features that fired at least MIN_FIRES times on held-out text.
 - concept search: for CONCEPTS (everyday queries), whether one of the top 3 search results
   names the concept (its name holds one of the concept's words).
 - readers: for each concept, the features that really read it on ordinary text: a concept or
@@ -20,7 +20,7 @@ from typing import NamedTuple
 from features import kinds as K
 from features.catalog import Catalog, Feature
 from features.lexicon import Lexicon
-from features.naming import FUNCTION_WORDS, is_english
+from features.pipeline.naming import FUNCTION_WORDS, is_english
 
 MIN_FIRES = 5
 READER_SCORE = 0.7

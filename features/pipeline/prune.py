@@ -24,7 +24,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor
 
-from .dictionary import Dictionary
+from features.dictionary import Dictionary
 
 BATCH = 4096
 
@@ -77,7 +77,7 @@ def prune(d: Dictionary, keep: Tensor) -> Dictionary:
 
 def renumber(catalog, keep: Tensor):
     """A catalog for the pruned dictionary: feature old_ids[j] becomes feature j."""
-    from .catalog import Catalog
+    from features.catalog import Catalog
 
     old_ids = keep.nonzero().squeeze(1).tolist()
     features = {j: replace(catalog[i], id=j, extra=catalog[i].extra | {"id_before_pruning": i})

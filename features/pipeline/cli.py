@@ -39,7 +39,7 @@ DEFAULT_TEXT = (
 
 def _text_paths(given: list[str] | None) -> list:
     """Local files and folders as Paths; hub datasets (hf://datasets/...) as they are."""
-    from features.corpus import is_hub
+    from features.pipeline.corpus import is_hub
 
     paths = [p if is_hub(str(p)) else Path(p) for p in (given or DEFAULT_TEXT)]
     missing = [str(p) for p in paths if isinstance(p, Path) and not p.exists()]
@@ -69,8 +69,8 @@ def _harvest(folder: str) -> tuple[dict, list[Path]]:
 def _sequences(lm, args, heldout: bool | None):
     """Packed token sequences of the train (heldout=False) or held-out (True) split of the text,
     or of all of it (None)."""
-    from features.corpus import documents, is_hub, mixed_pieces, pack
-    from features.corpus import pieces as cut
+    from features.pipeline.corpus import documents, is_hub, mixed_pieces, pack
+    from features.pipeline.corpus import pieces as cut
 
     sources = _text_paths(args.text)
     if heldout is None:
@@ -87,7 +87,7 @@ def _sequences(lm, args, heldout: bool | None):
 
 def cmd_harvest(args) -> None:
     from chat.models import load_model
-    from features.harvest import harvest
+    from features.pipeline.harvest import harvest
 
     lm = load_model(args.model)
     shards = harvest(lm, args.layer, _sequences(lm, args, heldout=False), Path(args.out),
@@ -97,7 +97,7 @@ def cmd_harvest(args) -> None:
 
 def cmd_train(args) -> None:
     from features import formats
-    from features.train import TrainConfig, train
+    from features.pipeline.train import TrainConfig, train
 
     manifest, shards = _harvest(args.shards)
     cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
@@ -113,7 +113,7 @@ def cmd_train(args) -> None:
 def cmd_prune(args) -> None:
     from features import formats
     from features.catalog import Catalog
-    from features.prune import fire_counts, prune, renumber
+    from features.pipeline.prune import fire_counts, prune, renumber
 
     d, folder = formats.load(args.dictionary)
     counts = fire_counts(d, _harvest(args.shards)[1], args.tokens)
@@ -134,7 +134,7 @@ def cmd_prune(args) -> None:
 
 def cmd_evaluate(args) -> None:
     from chat.engine import load
-    from features.evaluate import evaluate
+    from features.pipeline.evaluate import evaluate
 
     engine = load(args.model, args.dictionary, args.layer)
     # Text given with --text is evaluated whole: the hashed 4% held-out split is for the built-in
@@ -159,11 +159,11 @@ def cmd_label(args) -> None:
 
     from chat.engine import load
     from chat.models import cache_dir
-    from features import evidence
+    from features.pipeline import evidence
     from features.catalog import Catalog
-    from features.label import logit_lens, relabel
+    from features.pipeline.label import logit_lens, relabel
     from features.lexicon import Lexicon
-    from features.wordnet import WORDNET_DIR, WordNet, compact
+    from features.pipeline.wordnet import WORDNET_DIR, WordNet, compact
 
     import torch
 
@@ -220,7 +220,7 @@ def _write_lexicon(wn, features, path: Path) -> Path:
     import re
 
     from features.catalog import _write_atomic
-    from features.wordnet import compact
+    from features.pipeline.wordnet import compact
 
     words = {w for w, n in wn.tagged.items() if n > 0 and " " not in w}
     for f in features:
@@ -234,10 +234,10 @@ def _write_lexicon(wn, features, path: Path) -> Path:
 
 def cmd_evaluate_labels(args) -> None:
     from features.catalog import Catalog
-    from features.evaluate_labels import evaluate
+    from features.pipeline.evaluate_labels import evaluate
     from features.lexicon import Lexicon
 
-    folder = Path(args.dictionary) if args.dictionary else Path(__file__).resolve().parent.parent / "assets" / "dictionary"
+    folder = Path(args.dictionary) if args.dictionary else Path(__file__).resolve().parents[2] / "assets" / "dictionary"
     d_sae = json.loads((folder / "cfg.json").read_text())["d_sae"]  # SAELens layout; no weights needed
     report = evaluate(Catalog.load(folder, d_sae), Lexicon.load(Path(args.lexicon)) if args.lexicon else Lexicon.load())
     if args.json:
@@ -260,9 +260,9 @@ def cmd_steerability(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
-    from features.calibrate import NEUTRAL_PROMPTS
+    from features.pipeline.calibrate import NEUTRAL_PROMPTS
     from chat.metrics import concept_token_ids
-    from features.steerability import output_scores, target_words
+    from features.pipeline.steerability import output_scores, target_words
 
     engine = load(args.model, args.dictionary, args.layer)
     folder = Path(args.dictionary)
@@ -287,7 +287,7 @@ def cmd_calibrate(args) -> None:
     from dataclasses import replace
 
     from chat.engine import load
-    from features.calibrate import band, sweep, unsteered
+    from features.pipeline.calibrate import band, sweep, unsteered
     from features.catalog import Catalog
 
     engine = load(args.model, args.dictionary, args.layer)
@@ -323,7 +323,7 @@ def cmd_calibrate(args) -> None:
 
 def cmd_writers(args) -> None:
     from chat.engine import load
-    from features.writers import find_writers
+    from features.pipeline.writers import find_writers
 
     engine = load(args.model, args.dictionary, args.layer)
     terms = _terms(args.terms)
@@ -344,8 +344,8 @@ def cmd_curate(args) -> None:
     from chat.engine import load
     from features import formats
     from features.catalog import Catalog
-    from features.curate import accepted, carried_over, covered, load_concepts, run, spec_toml
-    from features.discover import load as load_discovered
+    from features.pipeline.curate import accepted, carried_over, covered, load_concepts, run, spec_toml
+    from features.pipeline.discover import load as load_discovered
 
     concepts = load_concepts(Path(args.concepts))
     engine = load(args.model, args.dictionary, args.layer)
@@ -381,7 +381,7 @@ def cmd_curate(args) -> None:
 
 def cmd_discover(args) -> None:
     from chat.engine import load
-    from features.discover import discover
+    from features.pipeline.discover import discover
 
     if args.write and not args.dictionary:  # before the minutes of steering, not after
         raise ValueError("--write needs --dictionary: the local folder whose features.json gets the words")
@@ -394,7 +394,7 @@ def cmd_discover(args) -> None:
           f"(on at least 2 of the prompts); results in {args.out}")
     if args.write:
         from features.catalog import Catalog
-        from features.discover import with_writes
+        from features.pipeline.discover import with_writes
 
         folder = Path(args.dictionary)
         catalog = Catalog.load(folder, engine.dictionary.d_sae)
