@@ -70,8 +70,8 @@ def kind_note(f: Feature) -> str:
 
 
 def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, top: int = TOP_BARS) -> list[FeatureHit]:
-    """The reply's features, most unusual first (`unusual`); without `show_form`, no features of
-    FORM_KINDS. `relative` of each hit is its unusualness."""
+    """The reply's features, most unusual first (`unusual`), one per name; without `show_form`,
+    no features of FORM_KINDS. `relative` of each hit is its unusualness."""
     if last is None or last.acts._nnz() == 0:
         return []
     dense = last.acts.to_dense()  # (T, d_sae): a reply is short
@@ -86,7 +86,11 @@ def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, to
         hits.append(FeatureHit(i, catalog.label(i), float(peak[i]), int(fired[i]),
                                unusual(float(peak[i]) / max(usual, 1e-6), f.density)))
     hits.sort(key=lambda h: (-h.relative, -h.tokens, h.id))
-    return hits[:top]
+    # Several features often share a name ("people" for five features that fire on "I"); the
+    # panel shows the most unusual of them, so that its rows name different things.
+    seen: set[str] = set()
+    distinct = [h for h in hits if not (h.label in seen or seen.add(h.label))]
+    return distinct[:top]
 
 
 def choice_name(hit: FeatureHit, label: str, watched: bool, note: str = "") -> str:

@@ -239,9 +239,17 @@ def cmd_evaluate_labels(args) -> None:
 
     folder = Path(args.dictionary) if args.dictionary else Path(__file__).resolve().parents[2] / "assets" / "dictionary"
     d_sae = json.loads((folder / "cfg.json").read_text())["d_sae"]  # SAELens layout; no weights needed
-    report = evaluate(Catalog.load(folder, d_sae), Lexicon.load(Path(args.lexicon)) if args.lexicon else Lexicon.load())
+    lexicon = Lexicon.load(Path(args.lexicon)) if args.lexicon else Lexicon.load()
+    report = evaluate(Catalog.load(folder, d_sae), lexicon)
+    fired = None
+    if args.fired:
+        from chat.chat_bench import OPEN
+        from chat.engine import load
+        from features.pipeline.evaluate_labels import fired_readability
+
+        fired = fired_readability(load(args.model, args.dictionary), lexicon, OPEN)
     if args.json:
-        print(json.dumps(report._asdict(), ensure_ascii=False))
+        print(json.dumps(report._asdict() | ({"fired": fired} if fired else {}), ensure_ascii=False))
         return
     print(f"live features: {report.live:,}")
     print(f"names of whole words or plain kinds: {report.whole_words:.1%} (with proper names: {report.whole_words_lenient:.1%})")
@@ -253,6 +261,10 @@ def cmd_evaluate_labels(args) -> None:
         top = "; ".join(f"#{i} {label}" for i, label in c["top"])
         readers = ", ".join(f"#{i} {label} ({s:.2f})" for i, label, s in c["readers"][:2]) or "none"
         print(f"  {'✓' if c['hit'] else '✗'} {c['query']:<12} {top}  | readers: {readers}")
+    if fired:
+        print(f"fired panel, top 5 on {fired['replies']} ordinary replies: {fired['readable']:.0%} readable names")
+        for x in fired["samples"]:
+            print(f"  {x['prompt'][:40]!r}: " + "; ".join(f"#{i} {label}{'' if ok else ' ✗'}" for i, label, ok in x["top"]))
 
 
 def cmd_steerability(args) -> None:
@@ -451,6 +463,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate-labels", help="how readable the names are, how well they detect and find concepts")
     p.add_argument("--dictionary", help="a local dictionary folder (default: the embedded one)")
     p.add_argument("--lexicon", help="default: assets/lexicon.json.gz")
+    p.add_argument("--fired", action="store_true",
+                   help="also the fired panel's top 5 on ordinary replies (loads the model; ~2 min)")
+    p.add_argument("--model", help="with --fired: the model (default: the embedded one)")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("steerability", help="output score of every labelled feature -> features.json")

@@ -146,6 +146,22 @@ def evaluate(catalog: Catalog, lexicon: Lexicon) -> Report:
                   sum(bool(c["readers"]) for c in concepts))
 
 
+def fired_readability(engine, lexicon: Lexicon, prompts, top: int = 5) -> dict:
+    """The fired panel on ordinary replies: each prompt's reply on the chat's default settings,
+    its `top` features as the panel ranks them (form kinds hidden, as by default), and the share
+    of those whose names are whole words or plain kinds."""
+    from chat.ui.fired import LastReply, ranked
+
+    shown, readable, samples = 0, 0, []
+    for prompt in prompts:
+        reply = engine.reply(prompt)
+        hits = ranked(LastReply.of(reply), engine.catalog, top=top)
+        ok = [is_plain(engine.catalog[h.id], lexicon) for h in hits]
+        shown, readable = shown + len(ok), readable + sum(ok)
+        samples.append({"prompt": prompt, "reply": reply.text, "top": [[h.id, h.label, good] for h, good in zip(hits, ok)]})
+    return {"replies": len(samples), "shown": shown, "readable": round(readable / max(shown, 1), 3), "samples": samples}
+
+
 def _names(label: str, lemmas: set[str], lexicon: Lexicon) -> bool:
     words = [w.lower() for w in re.findall(r"[A-Za-z]+", label)]
     return any(w in lemmas or lexicon.lemma(w) in lemmas for w in words if w not in FUNCTION_WORDS)
