@@ -36,6 +36,19 @@ NAMES = {
     DENSE: "fires on almost every token",
 }
 # Kinds the fired panel hides behind its toggle: they fire on form, not on what is said.
+# Words the text needs but WordNet leaves out (it has no function words); archaic forms for
+# the King James text.
+FUNCTION_WORDS = frozenset("""a about above after again against all am an and any are as at be because been
+before being below between both but by can could did do does doing down during each few for from further had
+has have having he her here hers herself him himself his how i if in into is it its itself just me more most my
+myself no nor not now of off on once only or other our ours ourselves out over own same she should so some
+such than that the their theirs them themselves then there these they this those through to too under until
+up very was we were what when where which while who whom why will with would you your yours yourself
+yourselves unto thee thou thy thine ye hath doth art shalt wilt hast didst saith shall may might must upon
+whose whatsoever wherefore also let lest yea nay amen o oh ah among within without across toward towards
+around via per onto although though whether yet either neither cannot unless since whereas whilst hence
+thus therefore however whom whoever whatever whichever something anything nothing everything someone
+anyone everyone somebody anybody nobody""".split())
 FORM_KINDS = frozenset({"punctuation", "space", DENSE, "contraction", "word piece", FUNCTION})
 DENSE_FRACTION = 0.2  # fires on more than this share of tokens: "almost every token" for a reader
 PUNCTUATION_NAMES = {

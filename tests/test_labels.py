@@ -163,7 +163,8 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     acts[2, 2] = 1.0
     acts[0, 3] = 1.0
     last = fd.LastReply(["a", "b", "c"], acts.to_sparse(), [])
-    assert [h.id for h in fd.ranked(last, cat)] == [1, 2]
+    assert [h.id for h in fd.ranked(last, cat)] == [1]  # "the" is a function word: form
+    assert fd.kind_of(cat[2]) == K.FUNCTION
     assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
     assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
     assert fd.kind_note(cat[3]) == " [punctuation]" and fd.kind_note(cat[1]) == ""
@@ -171,6 +172,21 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     acts = torch.zeros(1, 8)
     acts[0, 4], acts[0, 5] = 0.5, 0.9
     assert [h.id for h in fd.ranked(fd.LastReply(["I"], acts.to_sparse(), []), twins)] == [5]  # one row per name
+
+
+def test_fired_ranking_trusts_names_by_their_detection_score():
+    from chat.ui import fired as fd
+
+    cat = Catalog(8, {
+        1: Feature(1, "sea creatures", 1.0, 1e-4, extra={"score": 0.9, "heldout_fires": 40}),
+        2: Feature(2, "rare", 1.0, 1e-5, extra={"score": 0.5, "heldout_fires": 4}),
+        3: Feature(3, "so-so", 1.0, 1e-5, extra={"score": 0.65, "heldout_fires": 50}),
+    })
+    acts = torch.zeros(1, 8)
+    acts[0, 1], acts[0, 2], acts[0, 3] = 0.7, 1.0, 1.0  # the weakly named ones peak higher
+    assert [h.id for h in fd.ranked(fd.LastReply(["x"], acts.to_sparse(), []), cat)] == [1, 3, 2]
+    assert fd.confidence(cat[1]) == 1.0 and fd.confidence(cat[2]) == fd.MIN_CONFIDENCE
+    assert fd.confidence(Feature(4, "curated", curated=True, extra={"score": 0.5})) == 1.0
 
 
 def test_evaluate_labels_report(lexicon):

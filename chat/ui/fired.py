@@ -5,7 +5,8 @@ dense (T, d_sae) readout) so the panel can highlight any feature on it later.
 
 The bars rank features by how unusual their activation is for this reply (`unusual`): the
 peak as a fraction of the feature's usual max, discounted for features that fire on much of
-any text (a feature on 20% of tokens firing says little about this reply). Features that fire
+any text (a feature on 20% of tokens firing says little about this reply), and for names that
+predict its firing poorly (`confidence`, from the detection score). Features that fire
 on form (punctuation, line breaks, almost every token) hide unless `show_form`.
 """
 from __future__ import annotations
@@ -21,13 +22,15 @@ import torch
 from chat.generate import Reply
 from chat.readout import FeatureHit
 from features.catalog import Catalog, Feature
-from features.kinds import CONCEPT, FORM_KINDS, NAMES, WORD
+from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, NAMES, WORD
 
 MAX_EXAMPLES = 5
 TOP_BARS = 10
 _CHOICE = re.compile(r"^(?:⚠ )?#(\d+)\b")
 RARE_DENSITY = 1e-5  # features this rare or rarer count fully; denser ones less (log scale)
 UNKNOWN_DENSITY = 1e-3  # for features without stats: a typical density
+MIN_SCORED_FIRES = 5  # fewer held-out firings than this: the detection score means little
+MIN_CONFIDENCE = 0.2
 
 
 @dataclass
@@ -54,9 +57,25 @@ def unusual(relative: float, density: float | None) -> float:
     return min(max(relative, 0.0), 1.0) * rarity
 
 
+def confidence(f: Feature) -> float:
+    """How far the feature's name can be trusted, in 0.2..1, from its detection score: a name
+    that predicts where the feature fires (score >= 0.8) counts fully, one no better than chance
+    (0.5), or one scored on fewer than MIN_SCORED_FIRES held-out firings, hardly. Curated
+    features, and catalogs without scores, count fully."""
+    score, fires = f.extra.get("score"), f.extra.get("heldout_fires")
+    if f.curated or not isinstance(score, (int, float)):
+        return 1.0
+    if isinstance(fires, int) and fires < MIN_SCORED_FIRES:
+        return MIN_CONFIDENCE
+    return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))
+
+
 def kind_of(f: Feature) -> str:
-    """The feature's kind (features/kinds.py), "concept" where the catalog does not say."""
+    """The feature's kind (features/kinds.py), "concept" where the catalog does not say; a
+    one-word feature whose word is a function word ("a", "is") counts as function words."""
     kind = f.extra.get("kind")
+    if kind == WORD and not f.curated and f.label.lower() in FUNCTION_WORDS:
+        return FUNCTION
     return kind if isinstance(kind, str) and kind else CONCEPT
 
 
@@ -70,8 +89,9 @@ def kind_note(f: Feature) -> str:
 
 
 def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, top: int = TOP_BARS) -> list[FeatureHit]:
-    """The reply's features, most unusual first (`unusual`), one per name; without `show_form`,
-    no features of FORM_KINDS. `relative` of each hit is its unusualness."""
+    """The reply's features, most unusual first (`unusual`, times the `confidence` in the name),
+    one per name; without `show_form`, no features of FORM_KINDS. `relative` of each hit is
+    that product."""
     if last is None or last.acts._nnz() == 0:
         return []
     dense = last.acts.to_dense()  # (T, d_sae): a reply is short
@@ -84,7 +104,7 @@ def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, to
             continue
         usual = catalog.max_activation(i) or float(peak[i])
         hits.append(FeatureHit(i, catalog.label(i), float(peak[i]), int(fired[i]),
-                               unusual(float(peak[i]) / max(usual, 1e-6), f.density)))
+                               unusual(float(peak[i]) / max(usual, 1e-6), f.density) * confidence(f)))
     hits.sort(key=lambda h: (-h.relative, -h.tokens, h.id))
     # Several features often share a name ("people" for five features that fire on "I"); the
     # panel shows the most unusual of them, so that its rows name different things.

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from features.kinds import CONCEPT, FUNCTION, NAMES, PROPER, WORD, punctuation_name
+from features.kinds import CONCEPT, FUNCTION, FUNCTION_WORDS, NAMES, PROPER, WORD, punctuation_name
 from features.lexicon import TOO_GENERAL, Lexicon
 
 MAX_CHARS = 40
@@ -40,19 +40,6 @@ CATEGORY_NAMES = {
 # Mass nouns read badly in the plural ("weathers"); their categories stay singular.
 _MASS_LEXNAMES = {"noun.substance", "noun.phenomenon", "noun.food", "noun.feeling", "noun.state",
                   "noun.attribute", "noun.cognition", "noun.act", "noun.communication", "noun.possession"}
-# Words the text needs but WordNet leaves out (it has no function words); archaic forms for
-# the King James text.
-FUNCTION_WORDS = frozenset("""a about above after again against all am an and any are as at be because been
-before being below between both but by can could did do does doing down during each few for from further had
-has have having he her here hers herself him himself his how i if in into is it its itself just me more most my
-myself no nor not now of off on once only or other our ours ourselves out over own same she should so some
-such than that the their theirs them themselves then there these they this those through to too under until
-up very was we were what when where which while who whom why will with would you your yours yourself
-yourselves unto thee thou thy thine ye hath doth art shalt wilt hast didst saith shall may might must upon
-whose whatsoever wherefore also let lest yea nay amen o oh ah among within without across toward towards
-around via per onto although though whether yet either neither cannot unless since whereas whilst hence
-thus therefore however whom whoever whatever whichever something anything nothing everything someone
-anyone everyone somebody anybody nobody""".split())
 
 
 class Reading(NamedTuple):
