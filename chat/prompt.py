@@ -168,11 +168,11 @@ def build_prompt(tokenizer, messages, max_tokens: int, frame: str = "chat") -> P
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     dropped = 0
-    ids = _tokenize(tokenizer, system + turns, frame)
+    ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
     if len(ids) > max_tokens and frame == "chat":
         # The example exchanges are the first thing to go: the conversation matters more.
         frame = "plain"
-        ids = _tokenize(tokenizer, system + turns, frame)
+        ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
     if len(ids) > max_tokens and len(turns) > 1:
         # The fewest oldest turns to drop, by bisection: dropping more never lengthens the prompt,
         # and re-tokenising the history once per dropped turn is quadratic (47 s at 1,000 turns).
@@ -184,7 +184,7 @@ def build_prompt(tokenizer, messages, max_tokens: int, frame: str = "chat") -> P
             else:
                 lo = mid + 1
         turns, dropped = turns[lo:], lo
-        ids = _tokenize(tokenizer, system + turns, frame)
+        ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
     clipped = 0
     while len(ids) > max_tokens:
         # One message alone is too long: keep its newest tokens.
@@ -194,8 +194,7 @@ def build_prompt(tokenizer, messages, max_tokens: int, frame: str = "chat") -> P
             raise PromptError(f"the prompt format alone needs more than {max_tokens} tokens")
         clipped += overflow + 2  # slack: re-tokenising the clipped text can merge differently
         turns = turns[:-1] + [{"role": "user", "content": tokenizer.decode(body[overflow + 2:])}]
-        ids = _tokenize(tokenizer, system + turns, frame)
-    ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
+        ids, replies = _tokenize_with_replies(tokenizer, system + turns, frame)
     return Prompt(tuple(ids), stops, dropped, clipped, tuple(replies))
 
 

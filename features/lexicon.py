@@ -84,17 +84,19 @@ class Lexicon:
                 return exc
             if pos in self.lemmas.get(word, {}):
                 return word
-            for suffix, ending in SUFFIXES[pos]:
-                if word.endswith(suffix) and len(word) > len(suffix) + 1:
-                    base = word[: len(word) - len(suffix)] + ending
-                    if pos in self.lemmas.get(base, {}):
-                        return base
+            base = self._detach(word, pos)
+            if base:
+                return base
         return word
 
     def _base(self, word: str, pos: str) -> str | None:
         exc = self.exceptions.get(pos, {}).get(word)
         if exc and pos in self.lemmas.get(exc, {}):
             return exc
+        return self._detach(word, pos)
+
+    def _detach(self, word: str, pos: str) -> str | None:
+        """The first lemma of `pos` that a detachment rule (SUFFIXES) makes of `word`."""
         for suffix, ending in SUFFIXES[pos]:
             if word.endswith(suffix) and len(word) > len(suffix) + 1:
                 base = word[: len(word) - len(suffix)] + ending
