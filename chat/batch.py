@@ -1,7 +1,10 @@
-"""Plain greedy replies (GenerationSettings.greedy(): the plain transcript, no repetition
-handling) to several prompts in one batch, with one steering: for measurements (strength
-sweeps, steering-vs-prompting tables), where many short replies are needed and streaming and
-readout are not. Chat uses `chat.generate`, one reply at a time.
+"""Replies to several prompts in one batch, without streaming or readout: for measurements
+(strength sweeps, concept search, steering-vs-prompting tables), where many short replies are
+needed. Chat uses `chat.generate`, one reply at a time.
+
+By default plain greedy (GenerationSettings.greedy(): the plain transcript, no repetition
+handling), which the strength bands were measured with; concept search passes the chat's own
+settings, so that what it measures is what the app will do. Each row may have its own steering.
 """
 from __future__ import annotations
 
@@ -9,8 +12,9 @@ from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from chat.generate import GenerationSettings, decoding_processors
 from chat.hooks import attach
 from chat.prompt import reply_length
 from chat.steering import FeatureSteerer, Steering
@@ -35,20 +39,60 @@ class _RowsDone(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def replies(engine, messages: Sequence, steering: Steering | None = None, max_new_tokens: int = 32) -> list[BatchReply]:
-    """Greedy reply to each conversation in `messages`, all steered by `steering`."""
+class RowSteerer:
+    """One FeatureSteerer per batch row, for the `attach` hook: row r of every forward pass is
+    steered by `steerers[r]` exactly as it would be alone.
+
+    >>> import torch
+    >>> from features.dictionary import Dictionary
+    >>> d = Dictionary.random(d_in=4, d_sae=8, activation="relu", seed=0)
+    >>> rows = RowSteerer([FeatureSteerer(d, Steering({1: s}), torch.ones(8)) for s in (0.0, 2.0)])
+    >>> h = torch.zeros(2, 3, 4); out = rows(h, torch.ones(2, 3, dtype=torch.bool))
+    >>> out[0].abs().sum().item(), torch.allclose(out[1, 0], 2 * d.directions([1])[0])
+    (0.0, True)
+    """
+
+    def __init__(self, steerers: Sequence[FeatureSteerer]):
+        if not steerers:
+            raise ValueError("RowSteerer needs one steerer per row")
+        self.steerers = list(steerers)
+        self.dictionary = steerers[0].dictionary
+
+    def __call__(self, h: Tensor, keep: Tensor) -> Tensor:
+        """h: (B, T, d_in), keep: (B, T) with B = the number of steerers."""
+        if all(s.steering.is_noop for s in self.steerers):
+            return h
+        return torch.cat([s(h[r:r + 1], keep[r:r + 1]) for r, s in enumerate(self.steerers)])
+
+
+def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering | None] | None = None,
+            max_new_tokens: int = 32, settings: GenerationSettings | None = None) -> list[BatchReply]:
+    """A reply to each conversation in `messages`, steered by `steering` (one for all, or one
+    per row). `settings`: plain greedy unless given; with temperature 0 only (a sweep compares
+    replies, so they must be reproducible); no_repeat_ngram guards each reply, not the
+    conversation's earlier replies."""
+    settings = settings or GenerationSettings.greedy()
+    if settings.temperature:
+        raise ValueError("batched replies are greedy: temperature must be 0")
     lm, tok = engine.lm, engine.lm.tokenizer
-    prompts = [engine.prompt(m, max_new_tokens, frame="plain") for m in messages]  # plain greedy, as measured
+    prompts = [engine.prompt(m, max_new_tokens, frame=settings.frame) for m in messages]
     width = max(len(p.ids) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     # Left padding lines up every prompt's end; pad positions are special, so never steered.
     ids = torch.tensor([[pad] * (width - len(p.ids)) + list(p.ids) for p in prompts], device=lm.device)  # (B, W)
     mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts], device=lm.device)  # (B, W)
-    steerer = FeatureSteerer(engine.dictionary, steering or Steering(), engine.max_acts)
+    if isinstance(steering, Steering) or steering is None:
+        steerer = FeatureSteerer(engine.dictionary, steering or Steering(), engine.max_acts)
+    else:
+        if len(steering) != len(prompts):
+            raise ValueError(f"{len(steering)} steerings for {len(prompts)} messages")
+        steerer = RowSteerer([FeatureSteerer(engine.dictionary, s or Steering(), engine.max_acts) for s in steering])
     stops = prompts[0].stop_strings
+    processors = LogitsProcessorList(decoding_processors(settings, width, (), lm.device))
     with torch.inference_mode(), attach(lm, engine.layer, steerer):
         out = lm.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
                                 pad_token_id=pad, eos_token_id=lm.model.generation_config.eos_token_id,
+                                logits_processor=processors,
                                 stopping_criteria=StoppingCriteriaList([_RowsDone(tok, width, stops)]))
     result = []
     for p, row in zip(prompts, out[:, width:].tolist()):

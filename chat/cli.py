@@ -57,8 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steer", action="append", default=[], metavar="FEATURE=STRENGTH",
                    help="feature id or label query = strength in multiples of its max activation (repeatable)")
     p.add_argument("--mode", default="add", help="add (push along the feature) or clamp (set its activation)")
+    p.add_argument("--concept", action="append", default=[], metavar="WORD[=SCALE]",
+                   help="steer toward a concept by name (ocean, ocean=2; a negative scale keeps it out); "
+                        "features and strengths found by measurement, cached (repeatable)")
     _add_generation_args(p)
     p.add_argument("--top", type=int, default=10, help="how many fired features to list")
+    p.add_argument("--json", action="store_true")
+    _add_source_args(p)
+
+    p = sub.add_parser("concept", help="the steering toward a concept: features, mode and strengths")
+    p.add_argument("concept", metavar="WORD[=SCALE]")
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
 
@@ -83,6 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "speed over 40 prompts and 4 conversations, with the chat's default settings "
                         "(--greedy: plain greedy, as before)")
     p.add_argument("--greedy", action="store_true", help="with --chat: plain greedy decoding in the plain transcript")
+    p.add_argument("--concepts", action="store_true",
+                   help="instead, the concept benchmark: steering toward 50 concepts by name, against prompting "
+                        "(docs/concepts.md)")
+    p.add_argument("--ship", action="store_true",
+                   help="with --concepts: write the measured concepts to the dictionary's concepts.json")
     p.add_argument("--json", action="store_true")
     _add_source_args(p)
 
@@ -104,11 +117,24 @@ def _engine(args):
 def cmd_reply(args) -> None:
     from chat.steering import MODES, SteeringError, parse_steer_items
 
+    from chat.concept import parse_concept
+
     steer = parse_steer_items(args.steer)  # fail fast, before loading the model
     if args.mode not in MODES:
         raise SteeringError(f"--mode must be one of {', '.join(MODES)}, got {args.mode!r}")
+    for text in args.concept:
+        parse_concept(text)
+    if args.concept and steer and args.mode != "add":
+        raise SteeringError("--concept steers in add mode; it cannot join --steer with --mode clamp")
     engine = _engine(args)
-    reply = engine.reply(args.prompt, steer=steer, mode=args.mode, **_generation(args))
+    steer = engine.steering(steer, args.mode)
+    if args.concept:
+        strengths = dict(steer.strengths)
+        for text in args.concept:
+            for f, s in engine.concept(text, progress=_concept_progress(args)).strengths.items():
+                strengths[f] = strengths.get(f, 0.0) + s
+        steer = engine.steering(strengths, "add")
+    reply = engine.reply(args.prompt, steer=steer, **_generation(args))
     top = reply.top_features[: args.top]
     for w in reply.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -124,9 +150,31 @@ def cmd_reply(args) -> None:
     print(reply.text)
     print(f"\n[{engine.status()}]", file=sys.stderr)
     for f, s in reply.steering.strengths:
-        print(f"  steer {args.mode} {s:+g} × #{f} {engine.catalog.label(f)}", file=sys.stderr)
+        print(f"  steer {reply.steering.mode} {s:+g} × #{f} {engine.catalog.label(f)}", file=sys.stderr)
     for h in top:
         print(f"  fired #{h.id:<6} {h.activation:10.2f} on {h.tokens:3d} tokens  {h.label}", file=sys.stderr)
+
+
+def _concept_progress(args):
+    """Progress of an uncached concept search on stderr (it takes some seconds), unless --json."""
+    if getattr(args, "json", False):
+        return None
+    return lambda fraction, message: print(f"  [{fraction:4.0%}] {message}", file=sys.stderr)
+
+
+def cmd_concept(args) -> None:
+    from chat.concept import parse_concept
+
+    parse_concept(args.concept)  # fail fast, before loading the model
+    engine = _engine(args)
+    concept = engine.concept(args.concept, progress=_concept_progress(args))
+    if args.json:
+        print(json.dumps(concept.describe(engine.catalog.label), ensure_ascii=False))
+        return
+    print(f"{concept.concept} (scale {concept.scale:g}, {concept.mode}): in the search, {concept.rate:.0%} of replies "
+          f"to neutral prompts mentioned it; fluent from {concept.band[0]:g}× to {concept.band[1]:g}× these strengths")
+    for f, s in concept.strengths.items():
+        print(f"  #{f:<6} {s:+g}  {engine.catalog.label(f)}")
 
 
 def cmd_search(args) -> None:
@@ -189,13 +237,37 @@ def cmd_chat_bench(args) -> None:
         print(chat_bench.table(summary, results.settings))
 
 
+def cmd_concept_bench(args) -> None:
+    from chat import concept_bench
+    from chat.concept import CONCEPTS_FILE
+
+    engine = _engine(args)
+    rows = concept_bench.run(engine, progress=None if args.json else (lambda msg: print(msg, file=sys.stderr)))
+    if args.ship:
+        if engine.folder is None:
+            raise ValueError("--ship needs a dictionary in a local folder")
+        n = engine.concepts.export(engine.folder / CONCEPTS_FILE, [c for c, _ in concept_bench.CONCEPTS])
+        print(f"wrote {n} concepts to {engine.folder / CONCEPTS_FILE}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(concept_bench.as_json(rows), ensure_ascii=False))
+    else:
+        print(concept_bench.table(rows))
+        print(json.dumps(concept_bench.summary(rows)))
+
+
 def cmd_bench(args) -> None:
     from chat.bench import Settings, run, table
 
+    if args.chat and args.concepts:
+        raise ValueError("--chat and --concepts are two benchmarks; pick one")
     if args.chat:
         return cmd_chat_bench(args)
+    if args.concepts:
+        return cmd_concept_bench(args)
     if args.greedy:
         raise ValueError("--greedy goes with --chat")
+    if args.ship:
+        raise ValueError("--ship goes with --concepts")
 
     settings = Settings.quick() if args.quick else Settings()
     for name in ("tokens", "repeats"):
@@ -247,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-        commands = {"reply": cmd_reply, "search": cmd_search, "encode": cmd_encode, "check": cmd_check,
+        commands = {"reply": cmd_reply, "concept": cmd_concept, "search": cmd_search, "encode": cmd_encode, "check": cmd_check,
                     "bench": cmd_bench}
         return commands[args.command](args) or 0
     except USER_ERRORS as e:

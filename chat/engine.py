@@ -15,6 +15,7 @@ engine serves many users (threads) at once.
 from __future__ import annotations
 
 import numbers
+import threading
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
+from chat.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptError, find, parse_concept, user_file
 from chat.generate import GenerationSettings, Reply, ReplyStream, generate
 from chat.hooks import Recorder, StopForward, attach
 from chat.loops import bad_reply
@@ -84,6 +86,8 @@ class Engine:
         self.folder = folder  # the dictionary's local folder (its catalog, presets), if any
         self.dictionary = dictionary.to(next(lm.layers[layer].parameters()).device)
         self.placeholder = bool(dictionary.cfg.get("placeholder"))
+        self._concepts: ConceptCache | None = None
+        self._concept_search = threading.Lock()  # one search at a time: each one uses every core
         if catalog.max_activation(0) is None:  # no feature has stats
             self._calibrate()
         self.max_acts = torch.tensor(
@@ -129,6 +133,8 @@ class Engine:
         """{feature id or label query: strength} -> Steering (labels resolved by the catalog)."""
         if isinstance(steer, Steering):
             return steer
+        if isinstance(steer, Concept):
+            return steer.steering()
         if steer is not None and not isinstance(steer, Mapping):
             raise SteeringError(f"steering is a mapping {{feature: strength}}, got {type(steer).__name__}")
         resolved: dict[int, float] = {}
@@ -138,6 +144,39 @@ class Engine:
                 raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
             resolved[fid] = strength
         return Steering(resolved, mode=mode)
+
+    @property
+    def concepts(self) -> ConceptCache:
+        """Concepts measured for this dictionary: shipped beside it, then the user's cache."""
+        if self._concepts is None:
+            key = self.dictionary.fingerprint()
+            shipped = self.folder / CONCEPTS_FILE if self.folder is not None else None
+            self._concepts = ConceptCache(key, shipped, user_file(key))
+        return self._concepts
+
+    def concept(self, concept: str, scale: float | None = None,
+                progress: Callable[[float, str], None] | None = None) -> Concept:
+        """Ready steering toward `concept` ("ocean", or "ocean=2" for twice the measured strength):
+        features, mode and strengths chosen by a measured search (chat/concept.py, ~15 s the
+        first time, then cached). A negative scale pushes the same features the other way, to
+        keep the concept out. ConceptError (one line) when no feature writes it."""
+        word, parsed = parse_concept(concept)
+        scale = parsed if scale is None else scale
+        if self.placeholder:
+            raise ConceptError("the placeholder dictionary's features are random; load a trained dictionary "
+                               "to steer toward a concept")
+        found = self.concepts.get(word)
+        if found is None:
+            with self._concept_search:
+                found = self.concepts.get(word)  # another request may have searched it meanwhile
+                if found is None:
+                    try:
+                        found = find(self, word, progress)
+                    except ConceptError as e:
+                        self.concepts.put(e, word)
+                        raise
+                    self.concepts.put(found)
+        return found.scaled(scale)
 
     # -- generation -----------------------------------------------------------------------
     def prompt(self, messages, max_new_tokens: int, frame: str = "chat") -> Prompt:

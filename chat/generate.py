@@ -202,6 +202,22 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+def decoding_processors(settings: GenerationSettings, prompt_len: int, history: Sequence[Sequence[int]] = (),
+                        device: torch.device | str = "cpu") -> list[LogitsProcessor]:
+    """What `settings` adds to the model's logits, in order, for prompts of `prompt_len` tokens
+    (left-padded to it in a batch) and a conversation whose earlier replies are `history`."""
+    out: list[LogitsProcessor] = []
+    if settings.repetition_penalty > 1.0:
+        out.append(_ReplyRepetitionPenalty(prompt_len, settings.repetition_penalty))
+    if settings.no_repeat_ngram:
+        out.append(_NoRepeatNGram(prompt_len, settings.no_repeat_ngram, history))
+    if settings.temperature > 0:
+        if settings.top_p < 1.0:
+            out.append(TopPLogitsWarper(settings.top_p))
+        out.append(_GumbelSampler(settings.temperature, settings.seed, device))
+    return out
+
+
 def generate(
     lm: LoadedModel,
     layer: int,
@@ -220,16 +236,8 @@ def generate(
     cancel = cancel or threading.Event()
     prompt_len = len(prompt.ids)
     input_ids = torch.tensor([prompt.ids], device=lm.device)  # (1, T)
-    processors = LogitsProcessorList([_RefuseNaN()])
-    if settings.repetition_penalty > 1.0:
-        processors.append(_ReplyRepetitionPenalty(prompt_len, settings.repetition_penalty))
-    if settings.no_repeat_ngram:
-        history = [prompt.ids[a:b] for a, b in prompt.replies]
-        processors.append(_NoRepeatNGram(prompt_len, settings.no_repeat_ngram, history))
-    if settings.temperature > 0:
-        if settings.top_p < 1.0:
-            processors.append(TopPLogitsWarper(settings.top_p))
-        processors.append(_GumbelSampler(settings.temperature, settings.seed, lm.device))
+    history = [prompt.ids[a:b] for a, b in prompt.replies]
+    processors = LogitsProcessorList([_RefuseNaN(), *decoding_processors(settings, prompt_len, history, lm.device)])
     criteria = StoppingCriteriaList([_Cancelled(cancel)])
     if prompt.stop_strings:
         criteria.append(_StopStrings(tok, prompt_len, prompt.stop_strings))

@@ -76,6 +76,30 @@ def perplexity(engine, prompt_ids: Sequence[int], reply_ids: Sequence[int]) -> f
     return float(torch.exp(nll))
 
 
+def perplexities(engine, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8) -> list[float]:
+    """`perplexity` of many (prompt ids, reply ids) pairs, batched (right-padded, so positions
+    are the model's own); inf for an empty reply."""
+    lm = engine.lm
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    out = [float("inf")] * len(pairs)
+    todo = [i for i, (_, r) in enumerate(pairs) if r]
+    for a in range(0, len(todo), batch_size):
+        rows = [(list(pairs[i][0]), list(pairs[i][1])) for i in todo[a:a + batch_size]]
+        width = max(len(p) + len(r) for p, r in rows)
+        first = min(len(p) for p, _ in rows) - 1  # the earliest position that predicts a reply token
+        ids = torch.tensor([p + r + [pad] * (width - len(p) - len(r)) for p, r in rows], device=lm.device)  # (B, W)
+        mask = torch.tensor([[1] * (len(p) + len(r)) + [0] * (width - len(p) - len(r)) for p, r in rows],
+                            device=lm.device)  # (B, W)
+        with torch.inference_mode():
+            logits = lm.model(input_ids=ids, attention_mask=mask, use_cache=False,
+                              logits_to_keep=width - first).logits  # (B, W - first, V)
+        for k, (i, (p, r)) in enumerate(zip(todo[a:a + batch_size], rows)):
+            lp = torch.log_softmax(logits[k, len(p) - 1 - first:len(p) - 1 - first + len(r)].float(), -1)  # (R, V)
+            nll = -lp.gather(1, torch.tensor(r, device=lp.device).unsqueeze(1)).mean()
+            out[i] = float(torch.exp(nll))
+    return out
+
+
 def concept_logprob(logprobs: Tensor, token_ids: Sequence[int]) -> float:
     """Mean over positions of log P(next token is a concept token)."""
     if logprobs.shape[0] == 0:

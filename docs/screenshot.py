@@ -2,10 +2,12 @@
 
     python docs/screenshot.py http://127.0.0.1:7860 docs/app.png            # the first preset
     python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --feature bridge --strength 4
+    python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --concept ocean --message "How was your day?"
 
 Clicks the first example message, then the first preset (its sliders, Compare on, its message),
-or with --feature finds FEATURE, steers with it and sends MESSAGE with compare on; then opens
-the top fired feature.
+or with --feature finds FEATURE, steers with it and sends MESSAGE with compare on, or with
+--concept types CONCEPT in "Steer toward a concept" and sends MESSAGE with compare on; then
+opens the top fired feature.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ def main() -> None:
     p.add_argument("out")
     p.add_argument("--feature", help="a name or an id to steer with, instead of the first preset")
     p.add_argument("--strength", default="4")
+    p.add_argument("--concept", help="a word to steer toward, instead of the first preset")
     p.add_argument("--message", default="Tell me about your weekend.")
     p.add_argument("--max-new-tokens", default="48")
     p.add_argument("--width", type=int, default=1280)
@@ -49,6 +52,13 @@ def main() -> None:
             strength = page.locator("#steer-slider-0 input[type=number]")
             strength.fill(args.strength)
             strength.press("Enter")
+            page.locator("#compare input").check()
+            page.locator("#message textarea").fill(args.message)
+            page.locator("#message textarea").press("Enter")
+        elif args.concept:
+            page.locator("#concept textarea").fill(args.concept)
+            page.locator("#concept textarea").press("Enter")
+            expect(page.locator("#concept-note")).to_contain_text(args.concept)
             page.locator("#compare input").check()
             page.locator("#message textarea").fill(args.message)
             page.locator("#message textarea").press("Enter")

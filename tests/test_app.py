@@ -76,6 +76,12 @@ def test_a_new_slider_starts_where_the_feature_shows():
     assert st.starting_strength(Feature(1, "x")) == st.DEFAULT_AMPLIFY
 
 
+def test_a_slider_reaches_twice_what_the_feature_needs():
+    assert st.row_for(Feature(1, "x", strengths={"add": [0.5, 1]}), "x", 0.5).limit == st.MIN_LIMIT
+    assert st.row_for(Feature(1, "x", extra={"recommended": 8.0}), "x", 8.0).limit == 16.0
+    assert st.row_for(Feature(1, "x"), "x", 4.0).limit == st.DEFAULT_LIMIT
+
+
 def test_presets_file(tmp_path):
     catalog = tiny_catalog()
     (tmp_path / st.PRESETS_FILE).write_text(
@@ -207,6 +213,21 @@ def test_steering_panel_handlers(engine):
         steer.add("zzzz qqqq", [], "add")
 
 
+def test_concept_box_fills_the_sliders(engine):
+    from chat.concept import Concept
+
+    engine.concepts.put(Concept("rain", "add", ((DOGS, 2.5), (BRIDGE, 1.0)), (0.75, 1.0), 1.0, 1.2, ("rain",)))
+    steer = SteerHandlers(EngineLoader.ready(engine))
+    view = steer.concept("rain", [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)], "add", 3.0)
+    rows, mode, note = view[0], view[-2], view[-1]
+    assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 1.0), (DOGS, 2.5)] and mode == "add"
+    assert "rain" in note and "100%" in note
+    rows = steer.concept("rain=-1", [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)], "clamp", 3.0)[0]
+    assert [(r.id, r.strength) for r in rows] == [(DOGS, -2.5), (BRIDGE, -1.0)]  # clamp rows give way
+    with pytest.raises(gr.Error, match="empty"):
+        steer.concept("  ", [], "add")
+
+
 def test_rename_is_saved_and_found_later(tiny_lm):
     engine = tiny_engine(tiny_lm, key="tiny-rename-test")
     fired = FiredHandlers(EngineLoader.ready(engine))
@@ -318,7 +339,25 @@ def client(server):
 
 
 def test_stable_endpoints(client):
-    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/generate", "/search"}
+    assert set(client.view_api(return_format="dict", print_info=False)["named_endpoints"]) == {"/generate", "/search", "/concept"}
+
+
+def test_concept_endpoint_gives_steering_that_generate_takes_unchanged(client, engine):
+    from gradio_client.exceptions import AppError
+
+    from chat.concept import Concept
+
+    engine.concepts.put(Concept("ocean", "add", ((DOGS, 2.0),), (1.0, 1.5), 0.75, 1.1, ("ocean",)))
+    ocean = client.predict("ocean", api_name="/concept")
+    assert ocean == {"concept": "ocean", "mode": "add", "scale": 1.0, "band": [1.0, 1.5], "rate": 0.75,
+                     "features": [{"id": DOGS, "label": "dogs", "strength": 2.0}]}
+    steer = {str(f["id"]): f["strength"] for f in ocean["features"]}
+    reply = client.predict("Hello there", steer, ocean["mode"], 12, api_name="/generate")
+    assert reply["text"] == engine.reply("Hello there", steer=engine.concept("ocean"), max_new_tokens=12).text
+    assert client.predict("Ocean=-1", api_name="/concept")["features"][0]["strength"] == -2.0
+    for bad, message in (("", "empty"), ("12", "letters"), ("ocean=x", "number")):
+        with pytest.raises(AppError, match=message):
+            client.predict(bad, api_name="/concept")
 
 
 def test_search_endpoint(client):

@@ -102,3 +102,27 @@ def test_one_click_example_and_preset(app):
     expect(page.locator("#reply-unsteered textarea")).not_to_have_value("")
     assert page.locator("#reply-steered textarea").input_value() != page.locator("#reply-unsteered textarea").input_value()
     expect(page.locator("#preset-about")).to_contain_text(preset.name)
+
+
+def test_steer_toward_a_concept_fills_the_sliders(app):
+    """Type a word in "Steer toward a concept": the concept's features appear as slider rows at
+    their strengths, in add mode, with a note; a word nothing writes gets a one-line error."""
+    from playwright.sync_api import expect
+
+    from app_helpers import DOGS
+    from chat.concept import Concept, ConceptError
+
+    page, engine = app
+    engine.concepts.put(Concept("ocean", "add", ((DOGS, 2.5),), (1.0, 1.0), 0.75, 1.1, ("ocean",)))
+    engine.concepts.put(ConceptError("no feature of this dictionary makes the model say 'zzz'"), "zzz")
+    page.locator("#steer-reset").click()
+    box = page.locator("#concept textarea")
+    box.fill("ocean")
+    box.press("Enter")
+    expect(page.locator("#steer-row-0")).to_contain_text(f"#{DOGS} dogs")
+    expect(page.locator("#steer-slider-0 input[type=number]")).to_have_value("2.5")
+    expect(page.locator("#concept-note")).to_contain_text("Steering toward ocean")
+    box.fill("zzz")
+    page.locator("#concept-go").click()
+    expect(page.get_by_text("no feature of this dictionary makes the model say 'zzz'").first).to_be_visible()
+    expect(page.locator("#steer-row-0")).to_contain_text(f"#{DOGS} dogs")  # nothing lost

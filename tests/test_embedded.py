@@ -106,3 +106,29 @@ def test_first_three_messages_get_sensible_different_answers(engine):
         history.append({"role": "assistant", "content": reply.text})
         replies.append(reply.text)
     assert len(set(replies)) == 3 and "Paris" in replies[1]
+
+
+def test_shipped_concepts_answer_without_a_search_and_steer_the_reply(engine, monkeypatch):
+    """The embedded dictionary ships its measured concepts (chat/concept_bench.py --ship): they
+    answer from the file, and the ones the issue names steer a reply to a prompt the search never
+    saw toward the concept, which the unsteered reply does not mention."""
+    from chat.concept import ConceptError, mention_rate
+    from chat.concept_bench import CONCEPTS
+
+    def no_search(*args, **kwargs):
+        raise AssertionError("a shipped concept was searched again")
+
+    monkeypatch.setattr("chat.engine.find", no_search)
+    found = 0
+    for word, _ in CONCEPTS:
+        try:
+            engine.concept(word)
+            found += 1
+        except ConceptError:
+            pass
+    assert found >= 30
+    terms = dict(CONCEPTS)
+    for word in ("ocean", "rain"):
+        steered = [engine.reply(p, steer=engine.concept(word)).text for p in ("Tell me a story.", "Give me some advice.")]
+        plain = [engine.reply(p).text for p in ("Tell me a story.", "Give me some advice.")]
+        assert mention_rate(steered, terms[word]) >= 0.5 > mention_rate(plain, terms[word]), (word, steered)

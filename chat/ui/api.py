@@ -8,7 +8,12 @@
             label is the display name, a person's where curated or renamed; name the automatic
             one; score the detection score, or null)
 
-Both are stateless: steering comes with each call, so clients never see each other's.
+    /concept (concept) -> {"concept", "mode", "scale", "features": [{"id", "label", "strength"}],
+            "band", "rate"}   ("ocean", or "ocean=2" for twice the measured strength, "ocean=-1"
+            to keep it out; passing mode and {id: strength} unchanged to /generate gives the
+            concept; measured once per dictionary, ~20 s, then cached)
+
+All are stateless: steering comes with each call, so clients never see each other's.
 """
 from __future__ import annotations
 
@@ -61,6 +66,16 @@ class Api:
         }
 
     @reported
+    @gpu
+    def concept(self, concept: str) -> dict:
+        """The steering toward `concept` (a word, optionally "=SCALE"): features, mode and
+        strengths chosen by measurement (chat/concept.py). Scale 1 is the measured strength."""
+        if not isinstance(concept, str):
+            raise ValueError(f"concept must be a string, got {type(concept).__name__}")
+        engine = self.loader.get()
+        return engine.concept(concept).describe(engine.catalog.label)
+
+    @reported
     def search(self, query: str, top: int = 10) -> list[dict]:
         """Features whose names, reads or writes match `query` by meaning (or the id it names),
         best first; features that write the concept first."""
@@ -76,3 +91,4 @@ class Api:
 def wire(api: Api, concurrency_limit: int) -> None:
     gr.api(api.generate, api_name="generate", concurrency_id="model", concurrency_limit=concurrency_limit)
     gr.api(api.search, api_name="search", concurrency_id="catalog", concurrency_limit=1)
+    gr.api(api.concept, api_name="concept", concurrency_id="model", concurrency_limit=concurrency_limit)

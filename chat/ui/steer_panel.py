@@ -1,5 +1,6 @@
-"""The steering panel: find features by name or id, a slider per chosen feature, add/clamp,
-reset (presets are one-click tries: chat/ui/tryit.py). What it holds applies to the next reply.
+"""The steering panel: steer toward a concept by name (its measured features and strengths fill
+the sliders), find features by name or id, a slider per chosen feature, add/clamp, reset
+(presets are one-click tries: chat/ui/tryit.py). What it holds applies to the next reply.
 
 The rows are a fixed set of MAX_ROWS slots shown or hidden (stable components: their events
 stay wired and browser tests can find them by elem_id); the session's rows live in a gr.State.
@@ -22,6 +23,9 @@ MODE_HELP = "add: push along the feature · clamp: hold the feature at the stren
 
 @dataclass
 class SteerPanel:
+    concept: gr.Textbox
+    concept_go: gr.Button
+    concept_note: gr.Markdown
     rows: gr.State
     mode: gr.Radio
     query: gr.Textbox
@@ -41,6 +45,11 @@ class SteerPanel:
 
 def build() -> SteerPanel:
     gr.Markdown("### Steering", elem_id="steering-title")
+    with gr.Row(equal_height=True):
+        concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. ocean, rain, war",
+                             scale=4, elem_id="concept")
+        concept_go = gr.Button("Steer", size="sm", variant="primary", scale=1, min_width=60, elem_id="concept-go")
+    concept_note = gr.Markdown("", elem_id="concept-note", elem_classes="hint")
     query = gr.Textbox(label="Find a feature", placeholder="a name or an id, e.g. bridge", elem_id="feature-search")
     matches = gr.Dropdown(label="Matches", choices=[], value=None, interactive=True, elem_id="feature-matches")
     with gr.Row():
@@ -57,7 +66,7 @@ def build() -> SteerPanel:
                 "amplifies, 0 leaves it alone. Applies to the next reply.", elem_classes="hint")
     mode = gr.Radio(list(MODES), value="add", label="Mode", info=MODE_HELP, elem_id="steer-mode")
     reset = gr.Button("Reset all", size="sm", elem_id="steer-reset")
-    return SteerPanel(gr.State([]), mode, query, matches, add, watch, reset, slots, sliders, removes)
+    return SteerPanel(concept, concept_go, concept_note, gr.State([]), mode, query, matches, add, watch, reset, slots, sliders, removes)
 
 
 def render(rows: list[st.SteerRow]) -> list:
@@ -103,6 +112,26 @@ class SteerHandlers:
         return render(rows)
 
     @reported
+    def concept(self, text: str, rows, mode, *values, progress=gr.Progress()):
+        """Find the steering toward a concept (measured once, ~20 s; then cached) and put its
+        features in the panel at their measured strengths, in add mode. Outputs: the view, the
+        mode, the note."""
+        engine = self.loader.get()
+        progress(0.0, desc="looking it up (a new concept is measured once, about 20 s)")
+        found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
+        rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
+        rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
+                                              for f, s in found.strengths.items()])
+        if problem:
+            gr.Warning(problem)
+        note = (f"Steering toward **{found.concept}**"
+                f"{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the search, {found.rate:.0%} of replies "
+                f"to everyday prompts mentioned it and stayed fluent"
+                f"{f' (from {found.band[0]:g}× to {found.band[1]:g}× these strengths)' if found.band[0] != found.band[1] else ''}. "
+                "A negative scale (e.g. `rain=-1`) keeps it out.")
+        return [*render(rows), "add", note]
+
+    @reported
     def remove(self, index: int, rows, *values):
         return render(st.remove(st.with_values(rows, values), index))
 
@@ -117,6 +146,11 @@ def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
     panel.query.submit(handlers.find, panel.query, panel.matches, **catalog)
     panel.query.input(handlers.find, panel.query, panel.matches, trigger_mode="always_last",
                       show_progress="hidden", **catalog)
+    concept = dict(fn=handlers.concept, inputs=[panel.concept, panel.rows, panel.mode, *panel.sliders],
+                   outputs=[*panel.view, panel.mode, panel.concept_note], concurrency_id="model",
+                   show_progress="full", **private)
+    panel.concept.submit(**concept)
+    panel.concept_go.click(**concept)
     panel.add.click(handlers.add, [panel.matches, panel.rows, panel.mode, *panel.sliders], panel.view, **private)
     for i, button in enumerate(panel.removes):
         button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders], panel.view, **private)

@@ -72,7 +72,8 @@ def recommended(feature: Feature, mode: str = "add") -> tuple[float, float, floa
 
 def starting_strength(feature: Feature, mode: str = "add") -> float:
     """Where a new slider starts, so that the next reply shows the feature: the low end of its
-    measured band for `mode`; else its catalog's recommended strength; else, for a feature that
+    measured band for `mode`; else its catalog's recommended strength (the weakest that visibly
+    changes a reply: features/pipeline/recommend.py); else, for a feature that
     `features discover` saw make the model say new words (at 3x), that strength; else
     DEFAULT_AMPLIFY."""
     band = (feature.strengths or {}).get(mode)
@@ -80,19 +81,26 @@ def starting_strength(feature: Feature, mode: str = "add") -> float:
         low = min(band, key=lambda v: abs(float(v)))
         if float(low):
             return float(low)
-    measured = feature.extra.get("recommended")
-    if isinstance(measured, (int, float)) and not isinstance(measured, bool) and math.isfinite(measured) and measured:
-        return float(measured)
+    if measured := _measured(feature):
+        return measured
     if feature.extra.get("writes"):
         return DISCOVER_STRENGTH
     return DEFAULT_AMPLIFY
 
 
+def _measured(feature: Feature) -> float | None:
+    value = feature.extra.get("recommended")
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value
+    return float(value) if ok else None
+
+
 def row_for(feature: Feature, label: str, strength: float = 0.0) -> SteerRow:
-    """A row for `feature`. Its slider reaches twice the largest measured strength where the
-    feature has a band (so a band at 0.5-1x is not squeezed into a corner of a ±10 slider);
-    otherwise ±DEFAULT_LIMIT. `strength` is clipped to the slider's range."""
+    """A row for `feature`. Its slider reaches twice the largest measured strength: the top of
+    its bands, else its recommended strength (so a band at 0.5-1x is not squeezed into a corner
+    of a ±10 slider, nor a feature that needs 8x pinned to its end); otherwise ±DEFAULT_LIMIT.
+    `strength` is clipped to the slider's range."""
     largest = max((rec[2] for mode in MODES if (rec := recommended(feature, mode))), default=0.0)
+    largest = largest or abs(_measured(feature) or 0.0)
     limit = max(MIN_LIMIT, 2 * largest) if largest else DEFAULT_LIMIT
     limit = min(limit, MAX_STRENGTH)
     return SteerRow(feature.id, label, max(-limit, min(limit, strength)), limit)
@@ -110,6 +118,28 @@ def add(rows: Sequence[SteerRow], row: SteerRow) -> tuple[list[SteerRow], str | 
     if len(rows) >= MAX_ROWS:
         return list(rows), f"the panel holds at most {MAX_ROWS} features; remove one first"
     return [*rows, row], None
+
+
+def add_concept(rows: Sequence[SteerRow], features: Sequence[tuple[Feature, str, float]]) -> tuple[list[SteerRow], str | None]:
+    """Rows with a concept's (feature, label, strength) triples: a feature already in the panel
+    takes the concept's strength; the others are added while there is room. Each slider reaches
+    at least twice its strength."""
+    out = list(rows)
+    skipped = []
+    for feature, label, strength in features:
+        row = row_for(feature, label, strength)
+        limit = min(MAX_STRENGTH, max(row.limit, 2 * abs(strength)))
+        row = replace(row, strength=max(-limit, min(limit, strength)), limit=limit)
+        at = next((i for i, r in enumerate(out) if r.id == row.id), None)
+        if at is not None:
+            out[at] = row
+        elif len(out) < MAX_ROWS:
+            out.append(row)
+        else:
+            skipped.append(row.title)
+    problem = (f"the panel holds at most {MAX_ROWS} features; remove some to add {', '.join(skipped)}"
+               if skipped else None)
+    return out, problem
 
 
 def remove(rows: Sequence[SteerRow], index: int) -> list[SteerRow]:

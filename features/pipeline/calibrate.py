@@ -12,16 +12,9 @@ from typing import NamedTuple, Sequence
 
 from chat import metrics
 from chat.batch import replies
+from chat.concept import NEUTRAL_PROMPTS
 from chat.steering import Steering
 
-NEUTRAL_PROMPTS = (
-    "Tell me about your weekend.",
-    "What should I do this afternoon?",
-    "Write a few sentences about anything you like.",
-    "How was your day?",
-    "Tell me a story.",
-    "What is on your mind?",
-)
 # In multiples of max activation. On the embedded dictionary concepts show from about 1 and
 # text breaks down past about 3 (its max activations come from extreme contexts).
 STRENGTHS = {"add": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), "clamp": (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)}

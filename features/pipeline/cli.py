@@ -272,7 +272,7 @@ def cmd_steerability(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
-    from features.pipeline.calibrate import NEUTRAL_PROMPTS
+    from chat.concept import NEUTRAL_PROMPTS
     from chat.metrics import concept_token_ids
     from features.pipeline.steerability import output_scores, target_words
 
@@ -413,6 +413,25 @@ def cmd_discover(args) -> None:
         print(f"wrote {_save_with(catalog, folder, {r.feature: with_writes(catalog[r.feature], r) for r in rows})}")
 
 
+def cmd_recommend(args) -> None:
+    from dataclasses import replace
+
+    from chat.engine import load
+    from features.catalog import Catalog
+    from features.pipeline.recommend import recommend
+
+    engine = load(args.model, args.dictionary, args.layer)
+    folder = Path(args.dictionary)
+    catalog = Catalog.load(folder, engine.dictionary.d_sae)
+    live = [f.id for f in catalog if f.max_activation is not None]
+    found = recommend(engine, live[:args.limit] if args.limit else live)
+    features = {f: replace(catalog[f], extra=catalog[f].extra | {"recommended": s}) for f, s in found.items()}
+    path = _save_with(catalog, folder, features)
+    counts = {s: sum(v == s for v in found.values()) for s in sorted({v for v in found.values() if v is not None})}
+    print(f"recommended strengths for {len(found):,} features ({', '.join(f'{n:,} at {s:g}' for s, n in counts.items())}, "
+          f"{sum(v is None for v in found.values()):,} none); wrote {path}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m features", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -501,6 +520,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reject", help="concept names to leave out of --write, separated by |")
     p.add_argument("--spec", help="with --write: also write a steering spec (TOML) for the curated features")
 
+    p = sub.add_parser("recommend", help="the weakest strength that visibly changes a reply, per feature -> features.json")
+    engine_args(p, "the local dictionary folder whose features.json gets the strengths", required=True)
+    p.add_argument("--limit", type=int, help="only the first N live features (a quick look)")
+
     p = sub.add_parser("discover", help="what does each feature make the model say when amplified?")
     engine_args(p, "local folder or hub ref (default: the embedded dictionary)")
     p.add_argument("--out", required=True, help="results, JSON lines (a run resumes from it)")
@@ -539,6 +562,7 @@ def main(argv: list[str] | None = None) -> int:
         {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
          "steerability": cmd_steerability,
          "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate, "discover": cmd_discover,
+         "recommend": cmd_recommend,
          "prune": cmd_prune, "evaluate": cmd_evaluate}[args.command](args)
     except (*USER_ERRORS, FileNotFoundError) as e:
         if os.environ.get("STEERCHAT_DEBUG"):

@@ -37,7 +37,8 @@ from typing import NamedTuple, Sequence
 import torch.nn.functional as F
 
 from chat import metrics
-from features.pipeline.calibrate import MAX_COST, NEUTRAL_PROMPTS, SweepPoint, band, sweep, unsteered
+from chat.concept import NEUTRAL_PROMPTS
+from features.pipeline.calibrate import MAX_COST, SweepPoint, band, sweep, unsteered
 from features.pipeline.writers import find_writers
 
 PROMPTS = NEUTRAL_PROMPTS[:4]  # the prompts of assets/specs/curated.toml

@@ -35,7 +35,7 @@ from torch import Tensor
 
 from chat.hooks import on_output
 from chat.prompt import build_prompt, reply_length
-from features.pipeline.calibrate import NEUTRAL_PROMPTS
+from chat.concept import NEUTRAL_PROMPTS
 from features.catalog import Feature
 
 STRENGTH = 3.0  # curated writers show their concept at 1-3x; 3x finds the ones that need it

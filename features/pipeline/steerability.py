@@ -22,7 +22,7 @@ from torch import Tensor
 from chat.hooks import on_output
 from chat.models import LoadedModel
 from chat.prompt import build_prompt
-from features.pipeline.calibrate import NEUTRAL_PROMPTS
+from chat.concept import NEUTRAL_PROMPTS
 from features.dictionary import Dictionary
 
 STRENGTH = 2.0  # multiples of max activation: where curated writers show their concept, before text breaks (3-4x)

@@ -21,12 +21,10 @@ from __future__ import annotations
 from typing import NamedTuple, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from chat.hooks import on_output
+from chat.concept import NEUTRAL_PROMPTS, concept_gradient as gradient, cosines
 from chat.metrics import concept_token_ids
-from features.pipeline.calibrate import NEUTRAL_PROMPTS
 from features.pipeline.steerability import POSITIONS, output_scores, scored_prompts
 
 
@@ -37,31 +35,14 @@ class Writer(NamedTuple):
 
 
 def concept_gradient(lm, layer: int, token_ids: Sequence[int], prompts: Sequence[str] = NEUTRAL_PROMPTS[:4]) -> Tensor:
-    """(d,) gradient of mean log P(any of `token_ids`) at the first reply positions with respect
-    to the output of layer `layer`, summed over content positions and averaged over prompts."""
-    grad = torch.zeros(lm.d_model)
-    for seq in scored_prompts(lm, prompts):
-        ids = torch.tensor([seq], device=lm.device)  # (1, T)
-        keep = lm.content_mask(ids)[0].cpu()  # (T,) steering never touches BOS
-        seen: dict[str, Tensor] = {}
-
-        def leaf(h: Tensor) -> Tensor:
-            seen["h"] = h.detach().requires_grad_()
-            return seen["h"]
-
-        with torch.enable_grad(), on_output(lm.layers[layer], leaf):
-            logits = lm.model(input_ids=ids, logits_to_keep=POSITIONS).logits[0].float()  # (P, V)
-            logp = torch.log_softmax(logits, -1)[:, list(token_ids)].logsumexp(-1).mean()
-            (g,) = torch.autograd.grad(logp, seen["h"])  # (1, T, d)
-        grad += g[0].float().cpu()[keep].sum(0)
-    return grad / len(prompts)
+    """(d,) `chat.concept.concept_gradient` at the first reply positions of plain greedy replies
+    to `prompts` (as steerability scores them)."""
+    return gradient(lm, layer, scored_prompts(lm, prompts), token_ids, POSITIONS)
 
 
 def attribution(engine, token_ids: Sequence[int], prompts: Sequence[str] = NEUTRAL_PROMPTS[:4]) -> Tensor:
     """(d_sae,) cosine of each decoder direction with `concept_gradient`."""
-    grad = concept_gradient(engine.lm, engine.layer, token_ids, prompts)
-    directions = engine.dictionary.directions(torch.arange(engine.dictionary.d_sae)).float().cpu()  # (F, d)
-    return F.normalize(directions, dim=1) @ F.normalize(grad, dim=0)  # (F,)
+    return cosines(engine.dictionary, concept_gradient(engine.lm, engine.layer, token_ids, prompts))
 
 
 def find_writers(engine, terms: Sequence[str], *, top: int = 12, strength: float = 2.0,

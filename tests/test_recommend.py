@@ -1,0 +1,62 @@
+"""Recommended strengths (features/pipeline/recommend.py) on the tiny model: the weakest grid
+strength at which the greedy reply visibly changes, found by bisection, equals a full scan."""
+from __future__ import annotations
+
+import torch
+
+from chat.engine import Engine
+from features.catalog import Catalog, Feature
+from features.dictionary import Dictionary
+from features.pipeline import recommend
+
+
+def _engine(tiny_lm):
+    d = Dictionary.random(tiny_lm.d_model, 16, seed=3, hook_layer=1)
+    d.W_dec[2] *= 0.001  # a feature too weak to change anything
+    catalog = Catalog(16, {i: Feature(i, f"f{i}", 0.5 + i, 0.01) for i in range(16)})
+    return Engine(tiny_lm, d, catalog, 1, "test")
+
+
+def test_bisection_finds_the_weakest_grid_strength_that_changes_the_reply(tiny_lm):
+    engine = _engine(tiny_lm)
+    features = list(range(16))
+    found = recommend.recommend(engine, features, progress=False)
+    seq = recommend.teacher(engine)
+    table = {s: recommend.changed(engine, seq, features, [s] * len(features)) for s in recommend.GRID}
+    for f in features:
+        # A full scan's first change where changing is monotone in the strength (bisection's premise).
+        flips = [s for s in recommend.GRID if table[s][f] >= recommend.MIN_CHANGED]
+        if flips == [s for s in recommend.GRID if s >= (flips[0] if flips else float("inf"))]:
+            assert found[f] == (flips[0] if flips else None), f
+    assert found[2] is None
+
+
+def test_a_row_is_the_real_steered_forward(tiny_lm):
+    engine = _engine(tiny_lm)
+    seq = recommend.teacher(engine)
+    (share,) = recommend.changed(engine, seq, [5], [4.0])
+    ids = torch.tensor([seq])
+    delta = 4.0 * engine.max_acts[5] * engine.dictionary.directions([5])[0]
+    from chat.hooks import on_output
+
+    keep = tiny_lm.content_mask(ids).unsqueeze(-1)
+    with torch.inference_mode():
+        plain = tiny_lm.model(input_ids=ids, logits_to_keep=recommend.POSITIONS).logits[0].argmax(-1)
+        with on_output(tiny_lm.layers[1], lambda h: h + (delta * keep).to(h.dtype)):
+            steered = tiny_lm.model(input_ids=ids, logits_to_keep=recommend.POSITIONS).logits[0].argmax(-1)
+    assert share == (steered != plain).float().mean().item()
+
+
+def test_cli_writes_recommended_into_the_catalog(tiny_lm, tiny_model_dir, tmp_path):
+    from features import formats
+    from features.pipeline.cli import main
+
+    engine = _engine(tiny_lm)
+    folder = tmp_path / "dict"
+    formats.save(engine.dictionary, folder, dtype=torch.float32)
+    engine.catalog.save(folder)
+    assert main(["recommend", "--model", str(tiny_model_dir), "--dictionary", str(folder), "--limit", "4"]) == 0
+    saved = Catalog.load(folder, 16)
+    expected = recommend.recommend(_engine(tiny_lm), [0, 1, 2, 3], progress=False)
+    assert {i: saved[i].extra.get("recommended") for i in range(4)} == expected
+    assert "recommended" not in saved[4].extra and saved[4].label == "f4"  # the rest as they were
