@@ -66,7 +66,8 @@ def build() -> SteerPanel:
                 "amplifies, 0 leaves it alone. Applies to the next reply.", elem_classes="hint")
     mode = gr.Radio(list(MODES), value="add", label="Mode", info=MODE_HELP, elem_id="steer-mode")
     reset = gr.Button("Reset all", size="sm", elem_id="steer-reset")
-    return SteerPanel(concept, concept_go, concept_note, gr.State([]), mode, query, matches, add, watch, reset, slots, sliders, removes)
+    return SteerPanel(concept, concept_go, concept_note, gr.State([]), mode, query, matches, add, watch, reset,
+                      slots, sliders, removes)
 
 
 def render(rows: list[st.SteerRow]) -> list:
@@ -124,11 +125,14 @@ class SteerHandlers:
                                               for f, s in found.strengths.items()])
         if problem:
             gr.Warning(problem)
-        note = (f"Steering toward **{found.concept}**"
-                f"{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the search, {found.rate:.0%} of replies "
-                f"to everyday prompts mentioned it and stayed fluent"
-                f"{f' (from {found.band[0]:g}× to {found.band[1]:g}× these strengths)' if found.band[0] != found.band[1] else ''}. "
-                "A negative scale (e.g. `rain=-1`) keeps it out.")
+        band = f" (from {found.band[0]:g}× to {found.band[1]:g}× these strengths)" if found.band[0] != found.band[1] else ""
+        if found.scale < 0:
+            note = (f"Keeping **{found.concept}** out (scale {found.scale:g}): the features that write it, pushed "
+                    "the other way.")
+        else:
+            note = (f"Steering toward **{found.concept}**{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the "
+                    f"search, {found.rate:.0%} of replies to everyday prompts mentioned it and stayed fluent{band}. "
+                    "A negative scale (e.g. `rain=-1`) keeps it out.")
         return [*render(rows), "add", note]
 
     @reported
