@@ -44,10 +44,11 @@ from torch import Tensor
 from chat.batch import BatchReply, replies
 from chat.generate import GenerationSettings
 from chat.hooks import on_output
-from chat.metrics import concept_token_ids, perplexities
+from chat.metrics import PLURALS, concept_rate, concept_token_ids, perplexities
 from chat.models import cache_dir
 from chat.steering import MAX_STRENGTH, Steering, SteeringError, parse_strength
 from features import lexicon
+from features.catalog import _write_atomic
 
 # Replies to these are about nothing in particular: a concept that shows up in them was put there.
 NEUTRAL_PROMPTS = (
@@ -72,6 +73,7 @@ MAX_COST = 1.7  # median perplexity ratio; the benchmark's bound is 2, this leav
 GRADIENT_CANDIDATES, NAME_CANDIDATES, WRITER_CANDIDATES = 3, 2, 2
 FORMAT = "steerchat-concepts/1"
 CONCEPTS_FILE = "concepts.json"  # beside a dictionary's catalog: its measured concepts
+INFLECTIONS = (*PLURALS, "ed", "ing")
 _WORD = re.compile(r"[a-z][a-z' -]{0,38}[a-z]|[a-z]")
 
 
@@ -178,14 +180,9 @@ def narrower(lex, word: str, depth: int = 5) -> set[str]:
     return out
 
 
-def mention_pattern(terms: Sequence[str]) -> re.Pattern:
-    words = sorted({t.lower() for t in terms}, key=len, reverse=True)
-    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")(?:s|es|ed|ing)?\b", re.IGNORECASE)
-
-
 def mention_rate(texts: Sequence[str], terms: Sequence[str]) -> float:
-    pattern = mention_pattern(terms)
-    return sum(pattern.search(t) is not None for t in texts) / max(1, len(texts))
+    """Share of texts that mention any of `terms`, regular verb forms included ("rained")."""
+    return concept_rate(texts, terms, INFLECTIONS)
 
 
 # -- candidates ------------------------------------------------------------------------------
@@ -411,11 +408,7 @@ class ConceptCache:
         row = concept.to_json() if isinstance(concept, Concept) else {"concept": word, "error": str(concept)}
         with self._lock:
             self._mine[row["concept"]] = row
-            data = {"format": FORMAT, "key": self.key, "concepts": self._mine}
-            self.user.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.user.with_name(f".{self.user.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-            tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
-            os.replace(tmp, self.user)  # atomic: a crash never leaves half a cache
+            _write_atomic(self.user, json.dumps({"format": FORMAT, "key": self.key, "concepts": self._mine}, indent=1))
 
     def words(self) -> list[str]:
         with self._lock:
@@ -428,7 +421,7 @@ class ConceptCache:
             rows = {**self._shipped, **self._mine}
         chosen = {w: rows[w] for w in (words if words is not None else sorted(rows)) if w in rows}
         data = {"format": FORMAT, "key": self.key, "concepts": chosen}
-        path.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        _write_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
         return len(chosen)
 
 

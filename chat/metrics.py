@@ -21,23 +21,28 @@ from chat.hooks import attach
 from chat.steering import FeatureSteerer, Steering
 
 
-def term_pattern(terms: Iterable[str]) -> re.Pattern:
-    """Whole-word, case-insensitive match of any term, plurals included ("dog" finds "Dogs")."""
+PLURALS = ("s", "es")
+
+
+def term_pattern(terms: Iterable[str], endings: Sequence[str] = PLURALS) -> re.Pattern:
+    """Whole-word, case-insensitive match of any term, with any one of `endings` (plurals by
+    default: "dog" finds "Dogs")."""
     words = sorted({t.strip().lower() for t in terms if t and t.strip()}, key=len, reverse=True)
     if not words:
         raise ValueError("a concept needs at least one term")
-    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")(?:s|es)?\b", re.IGNORECASE)
+    tail = "|".join(re.escape(e) for e in endings)
+    return re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + rf")(?:{tail})?\b", re.IGNORECASE)
 
 
 def mentions(text: str, terms: Iterable[str]) -> bool:
     return term_pattern(terms).search(text) is not None
 
 
-def concept_rate(texts: Sequence[str], terms: Iterable[str]) -> float:
-    """Share of texts that mention any of `terms`."""
+def concept_rate(texts: Sequence[str], terms: Iterable[str], endings: Sequence[str] = PLURALS) -> float:
+    """Share of texts that mention any of `terms` (`term_pattern`)."""
     if not texts:
         return 0.0
-    pattern = term_pattern(terms)
+    pattern = term_pattern(terms, endings)
     return sum(pattern.search(t) is not None for t in texts) / len(texts)
 
 

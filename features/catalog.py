@@ -29,6 +29,7 @@ import os
 import re
 import shlex
 import statistics
+import threading
 import warnings
 from bisect import bisect_left
 from collections import defaultdict
@@ -573,7 +574,8 @@ def _read_renames(path: Path) -> dict[int, str]:
 def _write_atomic(path: Path, data: str | bytes) -> None:
     """Write via a temporary file and os.replace, so a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # same folder: os.replace stays atomic
+    # Same folder, so os.replace stays atomic; pid and thread, so concurrent writers never share it.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         if isinstance(data, bytes):
             tmp.write_bytes(data)
