@@ -204,25 +204,24 @@ def bench_decode(engines: dict[str, Engine], s: Settings, res: Results) -> None:
     readout}, and llama.cpp where installed, run round-robin; each ratio is the median over
     rounds of two runs from the same round."""
     runs: dict[tuple[str, str], Callable[[], float]] = {}
-    for path, engine in engines.items():
-        ids = _text_ids(engine, 128)
-        empty = FeatureSteerer(engine.dictionary, Steering({}), engine.max_acts)
-        runs[path, "plain"] = functools.partial(lambda e, i: _plain_run(e, i, s.tokens)[1], engine, ids)
-        runs[path, "readout"] = functools.partial(lambda e, i, st: _steered_run(e, i, s.tokens, st)[1], engine, ids, empty)
-        for mode in ("add", "clamp") if s.clamp else ("add",):
-            runs[path, mode] = functools.partial(lambda e, i, st: _steered_run(e, i, s.tokens, st)[1], engine, ids,
-                                                 _steerer(engine, ids, mode))
-        res.details[f"decode_{path}"] = {"prompt_tokens": len(ids),
-                                         "features": [f for f, _ in _steerer(engine, ids, "add").steering.strengths]}
     fast = next(iter(engines))
-    peer = _llama_cpp_run(engines[fast], _text_ids(engines[fast], 128), s.tokens)
+    ids = _text_ids(engines[fast], 128)  # one tokenizer: every path decodes the same prompt
+    for path, engine in engines.items():
+        steerers = {"readout": FeatureSteerer(engine.dictionary, Steering({}), engine.max_acts)}
+        steerers |= {mode: _steerer(engine, ids, mode) for mode in (("add", "clamp") if s.clamp else ("add",))}
+        runs[path, "plain"] = functools.partial(lambda e: _plain_run(e, ids, s.tokens)[1], engine)
+        for variant, steerer in steerers.items():
+            runs[path, variant] = functools.partial(lambda e, st: _steered_run(e, ids, s.tokens, st)[1], engine, steerer)
+        res.details[f"decode_{path}"] = {"prompt_tokens": len(ids),
+                                         "features": [f for f, _ in steerers["add"].steering.strengths]}
+    peer = _llama_cpp_run(engines[fast], ids, s.tokens)
     if peer is not None:
         runs["llama.cpp", "plain"] = peer
     rates = _round_robin(runs, s.repeats)
     res.details["decode_runs"] = {f"{p} {v}": r for (p, v), r in rates.items()}
 
     def paired(a, b) -> float:  # median over rounds of b/a
-        return statistics.median(y / x for x, y in zip(rates[a], rates[b]))
+        return _paired(rates[a], rates[b])
 
     med = {k: statistics.median(v) for k, v in rates.items()}
     for path in engines:
@@ -393,7 +392,6 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
     load_s = time.perf_counter() - start
     # Both paths side by side on CPU, the int8 fast path first (chat/fast.py); the rest of the
     # benchmark runs on the path that loads by default.
-    engines = {}
     if engine.lm.device.type == "cpu":
         fast = engine if engine.lm.weights == "int8" else load(
             model, dictionary, layer, allow_pickle=allow_pickle, lm=load_model(model, device=device, fast=True))
@@ -409,7 +407,7 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
         details={"engine": engine.status(), "load_s": load_s, "paths": list(engines)},
     )
     say(f"bench: {engine.status()}")
-    say(f"bench: decode ({', '.join(engines)}{', llama.cpp' if _has_llama_cpp() else ''})")
+    say(f"bench: decode ({', '.join(engines)}, and llama.cpp where installed)")
     bench_decode(engines, s, res)
     say("bench: decode with the chat's default settings")
     bench_chat_defaults(engine, s, res)
@@ -435,12 +433,6 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
                     steered=res.details[f"cold_start_{path}"]["max_rss_mib"])
     res.machine["load_1min_end"] = os.getloadavg()[0]
     return res
-
-
-def _has_llama_cpp() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("llama_cpp") is not None
 
 
 def table(res: Results) -> str:

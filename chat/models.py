@@ -122,10 +122,10 @@ def pick_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if _cpu_has_fast_bf16() else torch.float32
 
 
-def fast_path_wanted(device: torch.device) -> bool:
+def fast_path_wanted() -> bool:
     """$STEERCHAT_FAST=1 loads a CPU model on the int8 fast path (chat/fast.py, docs/fast-path.md);
     otherwise it runs in its full-precision weights, exactly as transformers loads it."""
-    return device.type == "cpu" and os.environ.get("STEERCHAT_FAST", "") not in ("", "0")
+    return os.environ.get("STEERCHAT_FAST", "") not in ("", "0")
 
 
 def embedded_model_dir() -> Path:
@@ -200,7 +200,8 @@ def load_model(ref: str | Path | None = None, *, device: str | None = None, fast
         model.to(dev)
     model.eval()
     layers = decoder_layers(model)
-    fast = fast_path_wanted(dev) if fast is None else fast
+    # The int8 kernels are CPU kernels: a GPU always takes the plain path (docs/fast-path.md).
+    fast = dev.type == "cpu" and (fast_path_wanted() if fast is None else fast)
     if fast:
         from chat.fast import make_fast
 
