@@ -5,6 +5,11 @@ needed. Chat uses `chat.generate`, one reply at a time.
 By default plain greedy (GenerationSettings.greedy(): the plain transcript, no repetition
 handling), which the strength bands were measured with; concept search passes the chat's own
 settings, so that what it measures is what the app will do. Each row may have its own steering.
+
+The prompts of a batch usually share a long beginning (the chat frame's few-shot transcript,
+135 of a search prompt's 146 tokens), and many rows share a steering. That beginning is
+computed once per steering and its cache reused by every row (`_prefix_cache`): a concept
+search's screen takes 10 s instead of 22 on 2 cores.
 """
 from __future__ import annotations
 
@@ -78,24 +83,62 @@ def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering |
     prompts = [engine.prompt(m, max_new_tokens, frame=settings.frame) for m in messages]
     width = max(len(p.ids) for p in prompts)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    # Left padding lines up every prompt's end; pad positions are special, so never steered.
-    ids = torch.tensor([[pad] * (width - len(p.ids)) + list(p.ids) for p in prompts], device=lm.device)  # (B, W)
-    mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in prompts], device=lm.device)  # (B, W)
-    if isinstance(steering, Steering) or steering is None:
-        steerer = FeatureSteerer(engine.dictionary, steering or Steering(), engine.max_acts)
-    else:
-        if len(steering) != len(prompts):
-            raise ValueError(f"{len(steering)} steerings for {len(prompts)} messages")
-        steerer = RowSteerer([FeatureSteerer(engine.dictionary, s or Steering(), engine.max_acts) for s in steering])
+    # Sliding-window layers count cache slots, pads included: padding after the prefix would hide
+    # real tokens from a window that the reply reaches past, so then no prefix is shared.
+    window = getattr(lm.model.config.get_text_config(), "sliding_window", None)
+    shared = _shared_prefix([p.ids for p in prompts]) if not window or width + max_new_tokens <= window else 0
+    # Each row is the shared prefix, padding, then the rest of its prompt: every prompt ends at
+    # `width`, and the prefix sits at the same positions in every row, so its keys and values
+    # are computed once per steering (`_prefix_cache`). Pad positions are special: never steered.
+    ids = torch.tensor([list(p.ids[:shared]) + [pad] * (width - len(p.ids)) + list(p.ids[shared:])
+                        for p in prompts], device=lm.device)  # (B, W)
+    mask = torch.tensor([[1] * shared + [0] * (width - len(p.ids)) + [1] * (len(p.ids) - shared)
+                         for p in prompts], device=lm.device)  # (B, W)
+    rows = steering if not (isinstance(steering, Steering) or steering is None) else [steering] * len(prompts)
+    if len(rows) != len(prompts):
+        raise ValueError(f"{len(rows)} steerings for {len(prompts)} messages")
+    rows = [s or Steering() for s in rows]
+    steerer = _steerer(engine, rows)
     stops = prompts[0].stop_strings
     processors = LogitsProcessorList(decoding_processors(settings, width, (), lm.device))
-    with torch.inference_mode(), attach(lm, engine.layer, steerer):
-        out = lm.model.generate(ids, attention_mask=mask, max_new_tokens=max_new_tokens, do_sample=False,
-                                pad_token_id=pad, eos_token_id=lm.model.generation_config.eos_token_id,
-                                logits_processor=processors,
-                                stopping_criteria=StoppingCriteriaList([_RowsDone(tok, width, stops)]))
+    with torch.inference_mode():
+        cache = _prefix_cache(engine, ids[:, :shared], rows) if shared else None
+        with attach(lm, engine.layer, steerer):
+            out = lm.model.generate(ids, attention_mask=mask, cache=cache, max_new_tokens=max_new_tokens,
+                                    do_sample=False, pad_token_id=pad,
+                                    eos_token_id=lm.model.generation_config.eos_token_id,
+                                    logits_processor=processors,
+                                    stopping_criteria=StoppingCriteriaList([_RowsDone(tok, width, stops)]))
     result = []
     for p, row in zip(prompts, out[:, width:].tolist()):
         n = reply_length(tok, row, p.stop_strings, final=True)
         result.append(BatchReply(list(p.ids), row[:n], tok.decode(row[:n], skip_special_tokens=True).strip()))
     return result
+
+
+def _steerer(engine, rows: Sequence[Steering]) -> FeatureSteerer | RowSteerer:
+    """One steerer for all rows when they share a steering, else one per row."""
+    if len(set(rows)) == 1:
+        return FeatureSteerer(engine.dictionary, rows[0], engine.max_acts)
+    return RowSteerer([FeatureSteerer(engine.dictionary, s, engine.max_acts) for s in rows])
+
+
+def _shared_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    """How many leading tokens all `sequences` share, leaving each at least one of its own (the
+    pass after the prefix must predict every row's first reply token)."""
+    n = min(len(s) for s in sequences) - 1
+    first = sequences[0]
+    for s in sequences[1:]:
+        n = next((i for i in range(n) if s[i] != first[i]), n)
+    return max(n, 0)
+
+
+def _prefix_cache(engine, prefix: Tensor, rows: Sequence[Steering]):
+    """The key/value cache of the shared prefix (B, S) for every row, computed once per distinct
+    steering: a prefix is steered the same in every row that has its steering (add and clamp
+    are both causal), so the chat frame's few-shot transcript is not computed again per row."""
+    distinct = list(dict.fromkeys(rows))
+    with attach(engine.lm, engine.layer, _steerer(engine, distinct)):
+        cache = engine.lm.model(input_ids=prefix[:len(distinct)], use_cache=True, logits_to_keep=1).cache
+    cache.batch_select_indices(torch.tensor([distinct.index(s) for s in rows], device=prefix.device))
+    return cache

@@ -172,7 +172,7 @@ def cmd_concept(args) -> None:
         print(json.dumps(concept.describe(engine.catalog.label), ensure_ascii=False))
         return
     print(f"{concept.concept} (scale {concept.scale:g}, {concept.mode}): in the search, {concept.rate:.0%} of replies "
-          f"to neutral prompts mentioned it; fluent from {concept.band[0]:g}× to {concept.band[1]:g}× these strengths")
+          f"to neutral prompts mentioned it; fluent from {concept.band[0]:.2g}× to {concept.band[1]:.2g}× these strengths")
     for f, s in concept.strengths.items():
         print(f"  #{f:<6} {s:+g}  {engine.catalog.label(f)}")
 

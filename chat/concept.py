@@ -5,7 +5,7 @@ strengths by measurement, not by label.
     engine.reply("How was your day?", steer=engine.concept("ocean"))
     engine.concept("ocean", scale=-1)  # the same features pushed the other way: avoid it
 
-Search (`find`, about 20 s on 2 CPU cores; docs/concepts.md):
+Search (`find`, about 30 s on 2 CPU cores; docs/concepts.md):
 1. **Candidates.** The word's reading profile (the features that fire on it in a few contexts
    beyond what they fire on everyday words there; its top 1, 2 and 3 together), the catalog's
    name matches, features `discover` saw write the concept's words, and the features whose
@@ -14,9 +14,11 @@ Search (`find`, about 20 s on 2 CPU cores; docs/concepts.md):
 2. **Screen.** Each candidate steers short replies to the search prompts at three strengths,
    with the chat's own frame and decoding settings, so what is measured is what the app does.
 3. **Confirm.** The three whose replies mentioned the concept most, at and around their best
-   strength, in longer replies. A setting passes when at least MIN_RATE of the replies mention
-   the concept and their median perplexity as text, under the unsteered model, is at most
-   MAX_COST times the unsteered replies'. The most mentions win, then the weakest push.
+   strength, and each two of them together (at most three features; two features that each
+   reached the concept now and then often do it together), in longer replies. A setting passes
+   when at least MIN_RATE of the replies mention the concept and their median perplexity as
+   text, under the unsteered model, is at most MAX_COST times the unsteered replies'. The
+   most mentions win, then the weakest push.
 Where nothing passes, `ConceptError` says so, with the best that was found.
 
 A concept's result is cached per dictionary (`ConceptCache`): the dictionary's own
@@ -66,6 +68,8 @@ SCREEN_SCALES = (0.75, 1.5, 3.0)  # multiples of a candidate's unit strengths
 SCREEN_TOKENS = 16
 # Confirm: the leaders at and around their best scale, longer replies.
 CONFIRM_RATIOS = (0.75, 1.0, 1.33)
+PAIR_RATIOS = (0.5, 0.75, 1.0)  # two leaders together, each at this share of its best scale
+MAX_FEATURES = 3
 SEARCH_TOKENS = 24  # reply length confirmed; replies in the app are longer, so mentions only grow
 LEADERS = 3
 MIN_RATE = 0.75  # 3 of 4 confirming replies mention the concept (2 of 4 was often luck on new prompts)
@@ -287,6 +291,27 @@ def _scaled(setting: Setting, s: float) -> Setting:
     return tuple((f, round(w * s, 3)) for f, w in setting)
 
 
+def _together(a: Setting, b: Setting) -> Setting | None:
+    """Two settings added into one (a feature in both gets the sum), or None past MAX_FEATURES."""
+    out: dict[int, float] = {}
+    for f, w in a + b:
+        out[f] = round(out.get(f, 0.0) + w, 3)
+    return tuple(out.items()) if len(out) <= MAX_FEATURES else None
+
+
+def _confirmations(leaders: Sequence[Setting], best: dict[Setting, tuple[float, float]]) -> list[Setting]:
+    """What the confirm step tries: each leader at and around its best scale, then each two
+    leaders together at PAIR_RATIOS of their best scales."""
+    out = [_scaled(c, best[c][1] * r) for c in leaders for r in CONFIRM_RATIOS]
+    for i, a in enumerate(leaders):
+        for b in leaders[i + 1:]:
+            for r in PAIR_RATIOS:
+                both = _together(_scaled(a, best[a][1] * r), _scaled(b, best[b][1] * r))
+                if both is not None:
+                    out.append(both)
+    return list(dict.fromkeys(out))
+
+
 def _trials(engine, settings_list: Sequence[Setting], terms: Sequence[str], settings: GenerationSettings,
             prompts: Sequence[str] = SEARCH_PROMPTS, tokens: int = SEARCH_TOKENS) -> list[Trial]:
     """Every steering in `settings_list` on every prompt, in one batch."""
@@ -338,7 +363,7 @@ def find(engine, word: str, progress: Callable[[float, str], None] | None = None
     plain = replies(engine, SEARCH_PROMPTS, None, SEARCH_TOKENS, settings)
     baseline = statistics.median(fluency(engine, plain))
     plain_rate = mention_rate([r.text for r in plain], terms)
-    trials = _trials(engine, [_scaled(c, best[c][1] * r) for c in leaders for r in CONFIRM_RATIOS], terms, settings)
+    trials = _trials(engine, _confirmations(leaders, best), terms, settings)
     say(0.85, "checking fluency")
     # The most mentions, then the weakest push (the likeliest to stay fluent), until one passes.
     order = sorted(trials, key=lambda t: (-t.rate, sum(abs(s) for _, s in t.features)))
@@ -380,7 +405,7 @@ def _band(engine, chosen: Trial, trials: Sequence[Trial], baseline: float, costs
         low -= 1
     while high + 1 < len(same) and ok[high + 1]:
         high += 1
-    return round(same[low].features[0][1] / unit, 3), round(same[high].features[0][1] / unit, 3)
+    return round(same[low].features[0][1] / unit, 2), round(same[high].features[0][1] / unit, 2)
 
 
 # -- cache -----------------------------------------------------------------------------------

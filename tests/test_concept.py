@@ -8,9 +8,10 @@ import time
 import pytest
 import torch
 
+from chat import batch
 from chat.batch import RowSteerer, replies
-from chat.concept import (FORMAT, Concept, ConceptCache, ConceptError, concept_terms, find, mention_rate,
-                          parse_concept, reading_profile, user_file)
+from chat.concept import (CONFIRM_RATIOS, FORMAT, PAIR_RATIOS, Concept, ConceptCache, ConceptError, _confirmations,
+                          concept_terms, find, mention_rate, parse_concept, reading_profile, user_file)
 from chat.engine import Engine
 from chat.generate import GenerationSettings
 from chat.metrics import perplexities, perplexity
@@ -106,6 +107,22 @@ def test_row_steerer_steers_each_row_as_alone(engine):
     assert rows(h, torch.ones(2, 3, dtype=torch.bool)) is h  # nothing steered: the same tensor
 
 
+def test_a_shared_prefix_is_computed_once_per_steering_and_changes_no_reply(engine, monkeypatch):
+    # the tiny model's sliding window (8) is shorter than its prompts, which turns sharing off
+    monkeypatch.setattr(engine.lm.model.config, "sliding_window", 4096)
+    prefixes = []
+    real = batch._prefix_cache
+    monkeypatch.setattr(batch, "_prefix_cache", lambda e, ids, rows: prefixes.append(ids.shape) or real(e, ids, rows))
+    prompts = ["Hello", "Tell me about your weekend.", "Dogs?", "Hello"]
+    steerings = [None, Steering({5: 6.0}), Steering({5: 6.0}), Steering({9: -3.0}, mode="clamp")]
+    batched = replies(engine, prompts, steerings, max_new_tokens=8)
+    assert len(prefixes) == 1 and prefixes[0][1] > 20  # the frame's few-shot transcript
+    for prompt, steering, b in zip(prompts, steerings, batched):
+        single = engine.reply(prompt, steer=steering or Steering(), settings=GenerationSettings.greedy(),
+                              max_new_tokens=8)
+        assert b.token_ids == single.token_ids
+
+
 def test_batched_replies_with_chat_settings_match_the_chat(engine):
     prompts = ["Hello", "Tell me a story."]
     batched = replies(engine, prompts, Steering({5: 2.0}), 10, GenerationSettings())
@@ -148,6 +165,19 @@ def test_engine_concept_searches_once_then_answers_from_the_cache(engine, monkey
     a = engine.reply("Hi", steer=engine.concept("ocean"), max_new_tokens=6)
     b = engine.reply("Hi", steer={5: 2.0}, max_new_tokens=6)
     assert a.token_ids == b.token_ids
+
+
+def test_confirm_tries_each_leader_around_its_best_scale_and_pairs_of_leaders():
+    one, two, three = ((1, 1.0),), ((2, 1.0), (3, 0.5)), ((1, 1.0), (4, 0.5), (5, 0.25))
+    best = {one: (0.5, 2.0), two: (0.25, 1.0), three: (0.25, 4.0)}
+    tried = _confirmations([one, two, three], best)
+    assert tried[:3] == [((1, round(2.0 * r, 3)),) for r in CONFIRM_RATIOS]
+    # one + two: three features, each at a share of its own best scale
+    assert ((1, 2.0), (2, 1.0), (3, 0.5)) in tried and ((1, 1.0), (2, 0.5), (3, 0.25)) in tried
+    # a feature in both leaders gets the sum; one + three has three features, two + three five
+    assert ((1, 2.0 * PAIR_RATIOS[0] + 4.0 * PAIR_RATIOS[0]), (4, 1.0), (5, 0.5)) in tried
+    assert all(len(s) <= 3 for s in tried) and not any({2, 4} <= {f for f, _ in s} for s in tried)
+    assert len(tried) == len(set(tried)) == 3 * len(CONFIRM_RATIOS) + 2 * len(PAIR_RATIOS)
 
 
 def test_search_on_a_random_model_says_plainly_that_nothing_writes_it(engine):

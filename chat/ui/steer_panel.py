@@ -118,14 +118,14 @@ class SteerHandlers:
         features in the panel at their measured strengths, in add mode. Outputs: the view, the
         mode, the note."""
         engine = self.loader.get()
-        progress(0.0, desc="looking it up (a new concept is measured once, about 20 s)")
+        progress(0.0, desc="looking it up (a new concept is measured once, about 30 s)")
         found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
         rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
                                               for f, s in found.strengths.items()])
         if problem:
             gr.Warning(problem)
-        band = f" (from {found.band[0]:g}× to {found.band[1]:g}× these strengths)" if found.band[0] != found.band[1] else ""
+        band = f" (from {found.band[0]:.2g}× to {found.band[1]:.2g}× these strengths)" if found.band[0] != found.band[1] else ""
         if found.scale < 0:
             note = (f"Keeping **{found.concept}** out (scale {found.scale:g}): the features that write it, pushed "
                     "the other way.")
