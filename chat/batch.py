@@ -94,7 +94,7 @@ def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering |
                         for p in prompts], device=lm.device)  # (B, W)
     mask = torch.tensor([[1] * shared + [0] * (width - len(p.ids)) + [1] * (len(p.ids) - shared)
                          for p in prompts], device=lm.device)  # (B, W)
-    rows = steering if not (isinstance(steering, Steering) or steering is None) else [steering] * len(prompts)
+    rows = [steering] * len(prompts) if steering is None or isinstance(steering, Steering) else list(steering)
     if len(rows) != len(prompts):
         raise ValueError(f"{len(rows)} steerings for {len(prompts)} messages")
     rows = [s or Steering() for s in rows]

@@ -405,7 +405,7 @@ def _band(engine, chosen: Trial, trials: Sequence[Trial], baseline: float, costs
         low -= 1
     while high + 1 < len(same) and ok[high + 1]:
         high += 1
-    return round(same[low].features[0][1] / unit, 2), round(same[high].features[0][1] / unit, 2)
+    return round(same[low].features[0][1] / unit, 3), round(same[high].features[0][1] / unit, 3)
 
 
 # -- cache -----------------------------------------------------------------------------------
