@@ -1,7 +1,7 @@
 """The fast decode path on CPU: which matrices become int8, and how, computed once and cached.
 
 `make_fast(model, layers, tokenizer)` turns a loaded transformers model into the fast path in
-place (chat/models.py calls it for a CPU model when $STEERCHAT_FAST=1):
+place (chat/models.py calls it for every CPU model unless $STEERCHAT_FAST=0):
 
 - every decoder matrix and the LM head become `Int8Linear`s (chat/quant.py);
 - Gemma 3 blocks become `LeanGemma3Block`s (chat/gemma_block.py), with fused projections;

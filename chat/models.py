@@ -123,9 +123,9 @@ def pick_dtype(device: torch.device) -> torch.dtype:
 
 
 def fast_path_wanted() -> bool:
-    """$STEERCHAT_FAST=1 loads a CPU model on the int8 fast path (chat/fast.py, docs/fast-path.md);
-    otherwise it runs in its full-precision weights, exactly as transformers loads it."""
-    return os.environ.get("STEERCHAT_FAST", "") not in ("", "0")
+    """A CPU model loads on the int8 fast path (chat/fast.py, docs/fast-path.md) unless
+    $STEERCHAT_FAST=0, which runs it in its full-precision weights, exactly as transformers loads it."""
+    return os.environ.get("STEERCHAT_FAST", "").strip() != "0"
 
 
 def embedded_model_dir() -> Path:
@@ -175,7 +175,7 @@ def _embedded_tokenizer(path: Path):
 
 def load_model(ref: str | Path | None = None, *, device: str | None = None, fast: bool | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer. `ref`: None for the embedded default, a local folder,
-    or a Hugging Face hub id. `fast`: the int8 decode path on CPU (default: $STEERCHAT_FAST=1).
+    or a Hugging Face hub id. `fast`: the int8 decode path on CPU (default: yes, unless $STEERCHAT_FAST=0).
     Never runs remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

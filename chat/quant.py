@@ -166,7 +166,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         flat = x.reshape(-1, self.in_features)  # (M, K)
         if flat.shape[0] > 1:
-            return nn.functional.linear(x, self.full, self.bias)
+            # On the 2-D rows: F.linear on a strided 3-D view (the head's input under
+            # logits_to_keep) goes through bmm with a transposed copy of the whole weight.
+            return nn.functional.linear(flat, self.full, self.bias).reshape(*x.shape[:-1], self.out_features)
         y = None
         if self._packs is not None:
             xs = flat.float() * self.smooth

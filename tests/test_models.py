@@ -17,8 +17,8 @@ from features.dictionary import Dictionary, DictionaryError
 
 def test_local_folder(tiny_model_dir, tiny_lm, monkeypatch):
     monkeypatch.setenv("STEERCHAT_DTYPE", "float32")
-    lm = load_model(str(tiny_model_dir))  # the model exactly as transformers runs it
-    fast = load_model(str(tiny_model_dir), fast=True)  # the int8 fast path (tests/test_fast.py)
+    lm = load_model(str(tiny_model_dir), fast=False)  # the model exactly as transformers runs it
+    fast = load_model(str(tiny_model_dir))  # the int8 fast path, the CPU default (tests/test_fast.py)
     assert lm.n_layers == 3 and lm.d_model == 32 and lm.dtype == torch.float32
     ids = torch.tensor([[2, 5, 6, 7]])
     with torch.inference_mode():
