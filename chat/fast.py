@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from chat import gemma_block, quant
+from chat import gemma_block, kernels, quant
 from chat.quant import Int8Linear
 
 FORMAT = 1  # bump when what is stored, or how it is computed, changes
@@ -121,12 +121,13 @@ def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer) -> None:
         device = next(model.parameters()).device
         ids = torch.tensor([tokenizer(quant.CALIBRATION_TEXT).input_ids], device=device)
         ranges = quant.input_ranges(model, points, ids)
+    ops = kernels.ops()  # built on the first load (about 15 s), then loaded from the cache
     pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="steerchat-pack")
     made: dict[str, Int8Linear] = {}
 
     def linear(name: str, weight: Tensor, bias: Tensor | None = None) -> Int8Linear:
         saved = stored[name] if stored is not None else None
-        made[name] = Int8Linear(weight, bias, ranges.get(name), stored=saved, pool=pool)
+        made[name] = Int8Linear(weight, bias, ranges.get(name), stored=saved, pool=pool, kernels=ops)
         return made[name]
 
     try:
@@ -135,7 +136,7 @@ def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer) -> None:
             model.set_output_embeddings(linear("head", head.weight, head.bias))
             model.get_output_embeddings().exact_top = min(EXACT_TOP, head.weight.shape[0])
         if lean:
-            gemma_block.swap_blocks(layers, linear)
+            gemma_block.swap_blocks(layers, linear, ops)
         else:
             for i, block in enumerate(layers):
                 quant.quantize_linears(block, linear, prefix=f"{i}.")

@@ -38,7 +38,10 @@ class LeanGemma3Block(Gemma3DecoderLayer):
     A subclass of the block it replaces only so that transformers' `output_hidden_states`
     records it as it records that block; none of the parent's modules are built."""
 
-    def __init__(self, block: nn.Module, linear: Callable[[str, Tensor], Int8Linear] | None = None):
+    def __init__(self, block: nn.Module, linear: Callable[[str, Tensor], Int8Linear] | None = None,
+                 kernels=None):
+        """`kernels`: `chat.kernels.ops()`, which then does a single token's norms, query/key norms
+        and rotary, one call each; None keeps torch's calls."""
         nn.Module.__init__(self)  # not Gemma3DecoderLayer's: it would build the modules this block replaces
         attn, mlp = block.self_attn, block.mlp
         self.layer_idx = attn.layer_idx
@@ -61,9 +64,18 @@ class LeanGemma3Block(Gemma3DecoderLayer):
             self.register_buffer(name, _rms_weight(getattr(block, name)))
         self.register_buffer("q_norm", _rms_weight(attn.q_norm))
         self.register_buffer("k_norm", _rms_weight(attn.k_norm))
+        self.kernels = kernels
 
-    def _norm(self, x: Tensor, w: Tensor) -> Tensor:
+    def _norm(self, x: Tensor, w: Tensor, one: bool = False) -> Tensor:
+        if one:
+            return self.kernels.rms_norm(x.contiguous(), w, self.eps)
         return F.rms_norm(x.float(), (x.shape[-1],), w, self.eps).to(x.dtype)
+
+    def _add_norm(self, h: Tensor, x: Tensor, w: Tensor, one: bool = False) -> Tensor:
+        """h + norm(x)."""
+        if one:
+            return self.kernels.add_rms_norm(h.contiguous(), x.contiguous(), w, self.eps)
+        return h + self._norm(x, w)
 
     def _rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         """x (B, H, T, hd), cos/sin (B, 1, T, hd): x*cos + rotate_half(x)*sin."""
@@ -77,14 +89,18 @@ class LeanGemma3Block(Gemma3DecoderLayer):
         cache = cache if cache is not None else past_key_values
         B, T, _ = hidden_states.shape
         hd, H, KV = self.head_dim, self.n_heads, self.n_kv
-        x = self._norm(hidden_states, self.input_layernorm)
+        one = self.kernels is not None and B * T == 1  # a decoding step: one call per small step
+        x = self._norm(hidden_states, self.input_layernorm, one)
         qkv = self.qkv(x).view(B, T, H + 2 * KV, hd)  # (B, T, H + 2KV, hd)
-        q = self._norm(qkv[:, :, :H], self.q_norm).transpose(1, 2)  # (B, H, T, hd)
-        k = self._norm(qkv[:, :, H:H + KV], self.k_norm).transpose(1, 2)  # (B, KV, T, hd)
         v = qkv[:, :, H + KV:].transpose(1, 2)  # (B, KV, T, hd)
         cos, sin = position_embeddings  # (B, T, hd) each
-        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        if one:
+            q, k = self.kernels.qk_norm_rope(qkv, H, KV, self.q_norm, self.k_norm, cos, sin, self.eps)
+        else:
+            q = self._norm(qkv[:, :, :H], self.q_norm).transpose(1, 2)  # (B, H, T, hd)
+            k = self._norm(qkv[:, :, H:H + KV], self.k_norm).transpose(1, 2)  # (B, KV, T, hd)
+            cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         if cache is not None:
             k, v = cache.update(k, v, self.layer_idx)
         is_causal = self.is_causal and T > 1 and attention_mask is None
@@ -103,10 +119,10 @@ class LeanGemma3Block(Gemma3DecoderLayer):
                                                scale=self.scaling, enable_gqa=H != KV)  # (B, H, T, hd)
             a = a.transpose(1, 2).reshape(B, T, H * hd)
         a = self.o(a)
-        h = hidden_states + self._norm(a, self.post_attention_layernorm)
-        gate, up = self.gate_up(self._norm(h, self.pre_feedforward_layernorm)).split(self.d_ff, dim=-1)
+        h = self._add_norm(hidden_states, a, self.post_attention_layernorm, one)
+        gate, up = self.gate_up(self._norm(h, self.pre_feedforward_layernorm, one)).split(self.d_ff, dim=-1)
         m = self.down(F.gelu(gate, approximate="tanh") * up)
-        return h + self._norm(m, self.post_feedforward_layernorm)
+        return self._add_norm(h, m, self.post_feedforward_layernorm, one)
 
 
 def applies(model: nn.Module) -> bool:
@@ -130,9 +146,10 @@ def calibration_points(layers: nn.ModuleList) -> dict[str, nn.Module]:
     return points
 
 
-def swap_blocks(layers: nn.ModuleList, linear: Callable[[str, Tensor], Int8Linear] | None = None) -> None:
+def swap_blocks(layers: nn.ModuleList, linear: Callable[[str, Tensor], Int8Linear] | None = None,
+                kernels=None) -> None:
     """Replace each Gemma 3 block in `layers` by a LeanGemma3Block over the same weights;
     `linear(name, weight)` gets names "<layer>.<part>"."""
     for i, block in enumerate(layers):
         make = None if linear is None else (lambda part, weight, i=i: linear(f"{i}.{part}", weight))
-        layers[i] = LeanGemma3Block(block, make)
+        layers[i] = LeanGemma3Block(block, make, kernels)

@@ -126,9 +126,10 @@ class Int8Linear(nn.Module):
     """
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, act_max: Tensor | None = None, *,
-                 stored: dict[str, Tensor] | None = None, pool: Executor | None = None):
+                 stored: dict[str, Tensor] | None = None, pool: Executor | None = None, kernels=None):
         """`stored`: this layer's `quantized()` from an earlier run (chat/fast.py caches it), which
-        skips the quantisation; `pool`: pack for the dynamic kernel in the background."""
+        skips the quantisation; `pool`: pack for the dynamic kernel in the background; `kernels`:
+        `chat.kernels.ops()`, whose int8_gemv then multiplies weight-only single rows."""
         super().__init__()
         weight = weight.detach()
         self.out_features, self.in_features = weight.shape
@@ -145,6 +146,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)  # (N, K) int8, of W * s when smoothed
         self.register_buffer("scale", scale.to(self.full.dtype))  # (N,)
         self.register_buffer("smooth", smooth)  # (K,) float32 1/s, or None
+        self.kernels = kernels
+        self._scale32 = scale.float().contiguous()  # (N,) for int8_gemv
         self._packs = _prepack_rows(q, scale, bias, pool) if smooth is not None else None
         self.exact_top = 0  # > 0: single rows' k largest outputs are recomputed exactly (an LM head)
 
@@ -178,8 +181,11 @@ class Int8Linear(nn.Module):
             except RuntimeError:  # inf or NaN in the row (steering far too strong): no int8 range
                 flat = xs
         if y is None:
-            w_flat = flat.to(self.scale.dtype).contiguous()
-            y = torch.ops.aten._weight_int8pack_mm(w_flat, self.weight, self.scale)  # (1, N), NaN carried on
+            if self.kernels is not None and self._packs is None:
+                y = self.kernels.int8_gemv(flat, self.weight, self._scale32)  # (1, N), NaN carried on
+            else:
+                w_flat = flat.to(self.scale.dtype).contiguous()
+                y = torch.ops.aten._weight_int8pack_mm(w_flat, self.weight, self.scale)  # (1, N), NaN carried on
             if self.bias is not None:
                 y = y + self.bias
         if self.exact_top:

@@ -1,6 +1,7 @@
 """`python -m features harvest | train | prune | label | evaluate | ...`: learn a dictionary for a model, and measure it.
 
     python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
+    python -m features topics --out runs/topics.txt        # the model's replies about ~8,000 everyday topics
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
     python -m features prune --dictionary runs/l9-sae/dictionary --shards runs/l9 --out runs/l9-pruned
     python -m features label --dictionary runs/l9-sae/dictionary          # names, reads, scores -> features.json
@@ -95,16 +96,35 @@ def cmd_harvest(args) -> None:
     print(f"{len(shards)} shards in {args.out}")
 
 
+def cmd_topics(args) -> None:
+    from chat.engine import load
+    from features.lexicon import default
+    from features.pipeline.topics import topic_words, vocabulary_words, write_corpus
+
+    engine = load(args.model)
+    words = topic_words(default(), vocabulary_words(engine.lm.tokenizer))[:args.words]
+
+    def progress(done: int, total: int) -> None:
+        print(f"\rtopics: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    n = write_corpus(engine, words, Path(args.out), batch=args.batch_size, max_new_tokens=args.max_new_tokens,
+                     progress=progress)
+    print(f"\n{n} replies in {args.out}")
+
+
 def cmd_train(args) -> None:
     from features import formats
     from features.pipeline.train import TrainConfig, train
 
     manifest, shards = _harvest(args.shards)
-    cfg = TrainConfig(d_sae=args.d_sae, k=args.k, lr=args.lr, total_tokens=args.tokens,
+    base = formats.load(args.extend)[0] if args.extend else None
+    if base is not None and base.hook_layer not in (None, manifest["layer"]):
+        raise ValueError(f"--extend: that dictionary reads layer {base.hook_layer}, the shards layer {manifest['layer']}")
+    cfg = TrainConfig(d_sae=args.d_sae + (base.d_sae if base else 0), k=args.k, lr=args.lr, total_tokens=args.tokens,
                       batch_tokens=args.batch_tokens, warmup_steps=args.warmup_steps,
                       dead_after_tokens=args.dead_after_tokens,
-                      hook_layer=manifest["layer"], seed=args.seed)
-    result = train(shards, cfg, Path(args.out))
+                      hook_layer=manifest["layer"], seed=args.seed, frozen=base.d_sae if base else 0)
+    result = train(shards, cfg, Path(args.out), base=base)
     folder = formats.save(result.dictionary, Path(args.out) / "dictionary", model_name=manifest["model"])
     print(f"trained {result.steps} steps on {result.tokens} tokens: FVU {result.fvu:.3f}, "
           f"dead {result.dead_fraction:.1%}; saved to {folder}")
@@ -455,8 +475,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--out", required=True)
 
+    p = sub.add_parser("topics", help="the model's own replies about everyday topics -> a text file for harvest")
+    p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
+    p.add_argument("--words", type=int, help="how many topic words (default: all, about 8,000)")
+    p.add_argument("--batch-size", type=int, default=48)
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--out", required=True, help="text file; appended to, so a re-run goes on")
+
     p = sub.add_parser("train", help="train a TopK dictionary on harvested shards")
     p.add_argument("--shards", required=True, help="a harvest folder")
+    p.add_argument("--extend", help="a TopK dictionary folder whose latents come first and stay fixed; "
+                   "--d-sae then counts the latents added")
     p.add_argument("--d-sae", type=int, default=16384)
     p.add_argument("--k", type=int, default=32)
     p.add_argument("--lr", type=float)
@@ -559,7 +588,7 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        {"harvest": cmd_harvest, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
+        {"harvest": cmd_harvest, "topics": cmd_topics, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
          "steerability": cmd_steerability,
          "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate, "discover": cmd_discover,
          "recommend": cmd_recommend,

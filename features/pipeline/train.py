@@ -65,6 +65,9 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps
     seed: int = 0
     hook_layer: int | None = None
+    # > 0: the first `frozen` latents are a trained dictionary's (train's `base`), held fixed
+    # with its b_dec; the other d_sae - frozen latents learn what it leaves out.
+    frozen: int = 0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -91,6 +94,7 @@ class TrainConfig:
             (self.checkpoint_every >= 1, f"checkpoint_every must be >= 1, got {self.checkpoint_every}"),
             (self.hook_layer is None or self.hook_layer >= 0, f"hook_layer must be >= 0, got {self.hook_layer}"),
             (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+            (0 <= self.frozen < self.d_sae, f"frozen must be in 0..d_sae-1={self.d_sae - 1}, got {self.frozen}"),
         ]
         for ok, message in problems:
             if not ok:
@@ -173,9 +177,11 @@ def _loss(p: dict[str, Tensor], x: Tensor, k: int, dead: Tensor, auxk_alpha: flo
 
 
 def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool = True,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, base: Dictionary | None = None) -> TrainResult:
     """Train on `shards` (safetensors with `acts` (N, d_in) float16, in order), checkpointing into
-    `out_dir`; with resume=True a checkpoint of the same run there is continued."""
+    `out_dir`; with resume=True a checkpoint of the same run there is continued. With `base` (a
+    TopK dictionary of cfg.frozen latents, with the same k), its latents come first and stay
+    exactly as they are: the result extends it, and its feature ids keep their meaning."""
     from tqdm.auto import tqdm
 
     shards, out_dir = [Path(s) for s in shards], Path(out_dir)
@@ -183,8 +189,14 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
     total_steps = (cfg.total_tokens or sum(sizes)) // cfg.batch_tokens
     if total_steps == 0:
         raise ValueError(f"the shards hold {sum(sizes)} tokens, fewer than one batch of {cfg.batch_tokens}")
-    run = {"cfg": asdict(cfg), "shards": [[s.name, n] for s, n in zip(shards, sizes)]}
-    state = (_load_checkpoint(out_dir, run) if resume else None) or _fresh_state(shards, d_in, cfg)
+    if (base is None) != (cfg.frozen == 0):
+        raise ValueError("a base dictionary and cfg.frozen go together")
+    if base is not None and (base.activation != "topk" or base.k != cfg.k or base.d_sae != cfg.frozen
+                             or base.d_in != d_in or not base.apply_b_dec_to_input):
+        raise ValueError(f"the base must be a TopK dictionary with k={cfg.k}, {cfg.frozen} latents and d_in={d_in}")
+    run = {"cfg": asdict(cfg), "shards": [[s.name, n] for s, n in zip(shards, sizes)],
+           "base": base.fingerprint() if base is not None else None}
+    state = (_load_checkpoint(out_dir, run) if resume else None) or _fresh_state(shards, d_in, cfg, base)
     p = {name: t.requires_grad_() for name, t in state["params"].items()}
     opt = torch.optim.Adam(p.values(), lr=cfg.learning_rate, betas=(0.9, 0.999))
     for name, moments in state["adam"].items():
@@ -202,7 +214,9 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
         while step < total_steps:
             x = next(batches).float() * scale  # (B, d_in)
             lr = cfg.learning_rate * lr_factor(step, total_steps, cfg.warmup_steps, cfg.decay_fraction)
-            fvu, fired = _step(p, opt, x, lr, cfg, since_fired >= cfg.dead_after_tokens)
+            dead = since_fired >= cfg.dead_after_tokens
+            dead[:cfg.frozen] = False  # the base's latents cannot learn: no AuxK slots for them
+            fvu, fired = _step(p, opt, x, lr, cfg, dead)
             since_fired += B
             since_fired[fired[fired >= 0]] = 0
             recent.append(fvu)
@@ -216,8 +230,15 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
     w = {name: t.detach() for name, t in p.items()}
     info = {"trainer": "features.pipeline.train", **run["cfg"], "lr": cfg.learning_rate, "steps": step,
             "tokens": step * B, "fvu": fvu, "dead_fraction": dead}
+    W_enc, b_enc, W_dec, b_dec = w["W_enc_T"].T.contiguous(), w["b_enc"], w["W_dec"], w["b_dec"]
+    if base is not None:
+        # In the base's own units, its rows exactly as they were loaded.
+        n, r = cfg.frozen, scale / base.input_scale
+        W_enc = torch.cat([base.W_enc, W_enc[:, n:] * r], 1)
+        W_dec = torch.cat([base.W_dec, W_dec[n:] / r])
+        b_enc, b_dec, scale = torch.cat([base.b_enc, b_enc[n:]]), base.b_dec, base.input_scale
     dictionary = Dictionary(
-        W_enc=w["W_enc_T"].T.contiguous(), b_enc=w["b_enc"], W_dec=w["W_dec"], b_dec=w["b_dec"],
+        W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec,
         activation="topk", k=cfg.k, apply_b_dec_to_input=True, input_scale=scale,
         hook_layer=cfg.hook_layer, cfg=info,
     )
@@ -233,9 +254,13 @@ def _step(p: dict[str, Tensor], opt: torch.optim.Adam, x: Tensor, lr: float, cfg
     opt.zero_grad(set_to_none=True)
     loss.backward()
     with torch.no_grad():
+        if cfg.frozen:  # a zero gradient from the start keeps Adam's moments, and so its step, at 0
+            for name in ("W_enc_T", "b_enc", "W_dec"):
+                p[name].grad[:cfg.frozen] = 0
+            p["b_dec"].grad.zero_()
         # Drop the radial part of the decoder gradient: rows are renormalised after the step anyway,
         # and Adam would otherwise spend its step size fighting the constraint.
-        W_dec, g = p["W_dec"], p["W_dec"].grad
+        W_dec, g = p["W_dec"][cfg.frozen:], p["W_dec"].grad[cfg.frozen:]
         g -= (g * W_dec).sum(1, keepdim=True) * W_dec
         opt.step()
         W_dec /= W_dec.norm(dim=1, keepdim=True)
@@ -245,8 +270,10 @@ def _step(p: dict[str, Tensor], opt: torch.optim.Adam, x: Tensor, lr: float, cfg
 # ---------------------------------------------------------------- state
 
 
-def _fresh_state(shards: list[Path], d_in: int, cfg: TrainConfig) -> dict:
-    """input_scale and b_dec from the first SAMPLE_TOKENS tokens; random unit decoder rows, tied encoder."""
+def _fresh_state(shards: list[Path], d_in: int, cfg: TrainConfig, base: Dictionary | None = None) -> dict:
+    """input_scale and b_dec from the first SAMPLE_TOKENS tokens; random unit decoder rows, tied encoder.
+    With a base: its scale (its decoder rows were unit-norm in training units) and its latents,
+    then new rows that start as the directions of what it misses on sample tokens."""
     sample, n = [], 0
     for shard in shards:
         sample.append(load_file(shard)["acts"][: SAMPLE_TOKENS - n].float())
@@ -254,16 +281,25 @@ def _fresh_state(shards: list[Path], d_in: int, cfg: TrainConfig) -> dict:
         if n >= SAMPLE_TOKENS:
             break
     x = torch.cat(sample)  # (n, d_in)
-    scale = math.sqrt(d_in) / x.norm(dim=1).mean().item()
     g = torch.Generator().manual_seed(cfg.seed)
-    W_dec = torch.randn(cfg.d_sae, d_in, generator=g)
-    W_dec /= W_dec.norm(dim=1, keepdim=True)  # (d_sae, d_in)
-    params = {
-        "W_enc_T": W_dec.clone(),  # (d_sae, d_in): W_enc = W_dec.T
-        "b_enc": torch.zeros(cfg.d_sae),
-        "W_dec": W_dec,
-        "b_dec": (x * scale).median(dim=0).values,  # (d_in,): the offset residuals share
-    }
+    new = cfg.d_sae - cfg.frozen
+    if base is None:
+        scale = math.sqrt(d_in) / x.norm(dim=1).mean().item()
+        W_dec = torch.randn(new, d_in, generator=g)
+        b_dec = (x * scale).median(dim=0).values  # (d_in,): the offset residuals share
+    else:
+        r = 1 / base.W_dec.norm(dim=1).median().item()  # training units per base unit
+        scale = r * base.input_scale
+        miss = x - base.decode(base.encode(x).acts)  # (n, d_in)
+        W_dec = miss[torch.randint(len(miss), (new,), generator=g)]
+        b_dec = base.b_dec * r
+    W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (new, d_in)
+    W_enc_T, b_enc = W_dec.clone(), torch.zeros(new)  # W_enc = W_dec.T
+    if base is not None:  # the base in training units (x·scale in, x̂·scale out), same activations
+        W_enc_T = torch.cat([base.W_enc.T / r, W_enc_T])
+        W_dec = torch.cat([base.W_dec * r, W_dec])
+        b_enc = torch.cat([base.b_enc, b_enc])
+    params = {"W_enc_T": W_enc_T.contiguous(), "b_enc": b_enc, "W_dec": W_dec.contiguous(), "b_dec": b_dec}
     return {"step": 0, "input_scale": scale, "params": params, "adam": {}, "fvu_recent": [],
             "since_fired": torch.zeros(cfg.d_sae, dtype=torch.long)}
 

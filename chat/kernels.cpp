@@ -1,0 +1,174 @@
+// Single-row CPU kernels for the fast decode path; chat/kernels.py builds this file once with the
+// machine's C++ compiler and registers the ops as torch.ops.steerchat.*.
+//
+// At one token per step a Gemma 3 block spends as long in small operations as in its matmuls:
+// an rms_norm is six ATen calls (16-26 us), query/key norms and rotary a dozen more. Each op
+// here does one of those steps in one call, in float32, rounding once to the input's dtype.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <cstdint>
+#include <tuple>
+#include <vector>
+
+#if defined(__AVX512F__) || defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+namespace {
+
+using at::Tensor;
+
+// sum_k w[k] * x[k]: int8 weights against float32 activations, accumulated in float32.
+inline float dot_i8(const int8_t* w, const float* x, int64_t K) {
+  int64_t k = 0;
+  float s = 0.f;
+#if defined(__AVX512F__)
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  for (; k + 32 <= K; k += 32) {
+    __m512i w0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
+    __m512i w1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 16)));
+    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(w0), _mm512_loadu_ps(x + k), a0);
+    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(w1), _mm512_loadu_ps(x + k + 16), a1);
+  }
+  s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+#elif defined(__AVX2__) && defined(__FMA__)
+  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+  for (; k + 16 <= K; k += 16) {
+    __m256i w0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k)));
+    __m256i w1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k + 8)));
+    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w0), _mm256_loadu_ps(x + k), a0);
+    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w1), _mm256_loadu_ps(x + k + 8), a1);
+  }
+  __m256 a = _mm256_add_ps(a0, a1);
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  h = _mm_add_ss(h, _mm_movehdup_ps(h));
+  s = _mm_cvtss_f32(h);
+#endif
+  for (; k < K; ++k) s += float(w[k]) * x[k];
+  return s;
+}
+
+// 1 / rms(x), as F.rms_norm computes it.
+template <typename T>
+inline float inv_rms(const T* x, int64_t D, double eps) {
+  float ss = 0.f;
+  for (int64_t i = 0; i < D; ++i) ss += float(x[i]) * float(x[i]);
+  return 1.f / std::sqrt(ss / float(D) + float(eps));
+}
+
+void check_rows(const Tensor& x, const Tensor& w, const char* op) {
+  TORCH_CHECK(x.is_contiguous(), op, ": x must be contiguous");
+  TORCH_CHECK(w.numel() == x.size(-1) && w.scalar_type() == at::kFloat && w.is_contiguous(),
+              op, ": w must be (D,) float32");
+}
+
+// y = x @ (w * scale[:, None])^T for one row x (..., K); w (N, K) int8, scale (N,) float32.
+// Each row of weights is read once and multiplied in registers, and torch's intra-op threads
+// share the rows.
+Tensor int8_gemv(const Tensor& x, const Tensor& w, const Tensor& scale) {
+  TORCH_CHECK(x.numel() == x.size(-1), "int8_gemv takes one row");
+  TORCH_CHECK(w.scalar_type() == at::kChar && w.dim() == 2 && w.is_contiguous(),
+              "int8_gemv: w must be contiguous (N, K) int8");
+  const int64_t N = w.size(0), K = w.size(1);
+  TORCH_CHECK(x.size(-1) == K && scale.numel() == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
+              "int8_gemv: x (..., K), w (N, K) and scale (N,) float32 do not match");
+  Tensor xf = x.reshape({K}).to(at::kFloat).contiguous();
+  Tensor y = at::empty({N}, x.options().dtype(at::kFloat));
+  const float* xp = xf.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, N, 256, [&](int64_t a, int64_t b) {
+    for (int64_t n = a; n < b; ++n) yp[n] = dot_i8(wp + n * K, xp, K) * sp[n];
+  });
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.to(x.scalar_type()).view(shape);
+}
+
+// F.rms_norm(x.float(), w, eps).to(x.dtype), w the float32 (1 + weight) that Gemma scales by;
+// with `h`, h + that, the norm rounded to x's dtype first, as the two ATen calls round it.
+Tensor norm_rows(const Tensor& x, const Tensor& w, double eps, const Tensor* h) {
+  const int64_t D = x.size(-1), R = x.numel() / D;
+  Tensor y = at::empty_like(x);
+  const float* wp = w.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "norm_rows", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const scalar_t* hp = h ? h->data_ptr<scalar_t>() : nullptr;
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    for (int64_t r = 0; r < R; ++r) {
+      const scalar_t* xr = xp + r * D;
+      const float inv = inv_rms(xr, D, eps);
+      for (int64_t i = 0; i < D; ++i) {
+        const scalar_t v = scalar_t(float(xr[i]) * inv * wp[i]);
+        yp[r * D + i] = hp ? scalar_t(float(hp[r * D + i]) + float(v)) : v;
+      }
+    }
+  });
+  return y;
+}
+
+Tensor rms_norm(const Tensor& x, const Tensor& w, double eps) {
+  check_rows(x, w, "rms_norm");
+  return norm_rows(x, w, eps, nullptr);
+}
+
+Tensor add_rms_norm(const Tensor& h, const Tensor& x, const Tensor& w, double eps) {
+  check_rows(x, w, "add_rms_norm");
+  TORCH_CHECK(h.sizes() == x.sizes() && h.scalar_type() == x.scalar_type() && h.is_contiguous(),
+              "add_rms_norm: h must be contiguous and shaped as x");
+  return norm_rows(x, w, eps, &h);
+}
+
+// One decoding step's queries and keys: qkv (1, 1, H + 2KV, hd) -> q (1, H, 1, hd) and
+// k (1, KV, 1, hd), each head rms-normed (q_w, k_w), then rotated (cos, sin: hd values each).
+std::tuple<Tensor, Tensor> qk_norm_rope(const Tensor& qkv, int64_t H, int64_t KV, const Tensor& q_w,
+                                        const Tensor& k_w, const Tensor& cos, const Tensor& sin, double eps) {
+  const int64_t hd = qkv.size(-1), half = hd / 2;
+  TORCH_CHECK(qkv.numel() == (H + 2 * KV) * hd && qkv.is_contiguous(), "qk_norm_rope takes one contiguous token");
+  TORCH_CHECK(q_w.numel() == hd && k_w.numel() == hd && q_w.scalar_type() == at::kFloat &&
+              k_w.scalar_type() == at::kFloat && q_w.is_contiguous() && k_w.is_contiguous(),
+              "qk_norm_rope: q_w and k_w must be (hd,) float32");
+  Tensor cf = cos.reshape({-1}).to(at::kFloat).contiguous(), sf = sin.reshape({-1}).to(at::kFloat).contiguous();
+  TORCH_CHECK(cf.numel() == hd && sf.numel() == hd, "qk_norm_rope: cos and sin must hold hd values");
+  Tensor out = at::empty({H + KV, hd}, qkv.options());
+  const float *c = cf.data_ptr<float>(), *s = sf.data_ptr<float>();
+  const float *qw = q_w.data_ptr<float>(), *kw = k_w.data_ptr<float>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "qk_norm_rope", [&] {
+    std::vector<float> n(hd);
+    for (int64_t h = 0; h < H + KV; ++h) {
+      const scalar_t* x = qkv.data_ptr<scalar_t>() + h * hd;
+      const float* wv = h < H ? qw : kw;
+      const float inv = inv_rms(x, hd, eps);
+      for (int64_t i = 0; i < hd; ++i) n[i] = float(x[i]) * inv * wv[i];
+      scalar_t* o = out.data_ptr<scalar_t>() + h * hd;
+      for (int64_t i = 0; i < half; ++i) {  // x * cos + rotate_half(x) * sin
+        o[i] = scalar_t(n[i] * c[i] - n[i + half] * s[i]);
+        o[i + half] = scalar_t(n[i + half] * c[i + half] + n[i] * s[i + half]);
+      }
+    }
+  });
+  return {out.narrow(0, 0, H).view({1, H, 1, hd}), out.narrow(0, H, KV).view({1, KV, 1, hd})};
+}
+
+}  // namespace
+
+TORCH_LIBRARY(steerchat, m) {
+  m.def("int8_gemv(Tensor x, Tensor w, Tensor scale) -> Tensor");
+  m.def("rms_norm(Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor h, Tensor x, Tensor w, float eps) -> Tensor");
+  m.def("qk_norm_rope(Tensor qkv, int H, int KV, Tensor q_w, Tensor k_w, Tensor cos, Tensor sin, float eps) "
+        "-> (Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(steerchat, CPU, m) {
+  m.impl("int8_gemv", &int8_gemv);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("add_rms_norm", &add_rms_norm);
+  m.impl("qk_norm_rope", &qk_norm_rope);
+}
