@@ -41,7 +41,7 @@ class LeanGemma3Block(Gemma3DecoderLayer):
     def __init__(self, block: nn.Module, linear: Callable[[str, Tensor], Int8Linear] | None = None,
                  kernels=None):
         """`kernels`: `chat.kernels.ops()`, which then does a single token's norms, query/key norms
-        and rotary, one call each; None keeps torch's calls."""
+        and rotary, and attention, one call each; None keeps torch's calls."""
         nn.Module.__init__(self)  # not Gemma3DecoderLayer's: it would build the modules this block replaces
         attn, mlp = block.self_attn, block.mlp
         self.layer_idx = attn.layer_idx
@@ -108,7 +108,9 @@ class LeanGemma3Block(Gemma3DecoderLayer):
             k, v = k[:, :, :T], v[:, :, :T]
         if attention_mask is not None and attention_mask.dtype != torch.bool and attention_mask.dtype != q.dtype:
             attention_mask = attention_mask.to(q.dtype)
-        if T == 1 and H != KV and (attention_mask is None or attention_mask.shape[1] == 1):
+        if one and k.shape[0] == 1 and (attention_mask is None or attention_mask.numel() == k.shape[2]):
+            a = self.kernels.decode_attention(q, k.contiguous(), v.contiguous(), attention_mask, self.scaling)
+        elif T == 1 and H != KV and (attention_mask is None or attention_mask.shape[1] == 1):
             # One query: each key/value head's query heads become rows of one (H/KV, hd) query,
             # so attention reads the cache once per kv head (5x faster than SDPA's grouped path).
             a = F.scaled_dot_product_attention(q.reshape(B, KV, H // KV, hd), k, v, attn_mask=attention_mask,

@@ -9,9 +9,12 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <optional>
 #include <cstdint>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__AVX512F__) || defined(__AVX2__)
@@ -77,18 +80,22 @@ Tensor int8_gemv(const Tensor& x, const Tensor& w, const Tensor& scale) {
   const int64_t N = w.size(0), K = w.size(1);
   TORCH_CHECK(x.size(-1) == K && scale.numel() == N && scale.scalar_type() == at::kFloat && scale.is_contiguous(),
               "int8_gemv: x (..., K), w (N, K) and scale (N,) float32 do not match");
-  Tensor xf = x.reshape({K}).to(at::kFloat).contiguous();
-  Tensor y = at::empty({N}, x.options().dtype(at::kFloat));
-  const float* xp = xf.data_ptr<float>();
-  const float* sp = scale.data_ptr<float>();
-  const int8_t* wp = w.data_ptr<int8_t>();
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, N, 256, [&](int64_t a, int64_t b) {
-    for (int64_t n = a; n < b; ++n) yp[n] = dot_i8(wp + n * K, xp, K) * sp[n];
-  });
   auto shape = x.sizes().vec();
   shape.back() = N;
-  return y.to(x.scalar_type()).view(shape);
+  Tensor y = at::empty(shape, x.options());
+  const Tensor xc = x.contiguous();
+  const float* sp = scale.data_ptr<float>();
+  const int8_t* wp = w.data_ptr<int8_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "int8_gemv", [&] {
+    std::vector<float> xf(K);  // converted here: a tensor .to() would cost two ATen calls a matmul
+    const scalar_t* xp = xc.data_ptr<scalar_t>();
+    for (int64_t k = 0; k < K; ++k) xf[k] = float(xp[k]);
+    scalar_t* yp = y.data_ptr<scalar_t>();
+    at::parallel_for(0, N, 256, [&](int64_t a, int64_t b) {
+      for (int64_t n = a; n < b; ++n) yp[n] = scalar_t(dot_i8(wp + n * K, xf.data(), K) * sp[n]);
+    });
+  });
+  return y;
 }
 
 // F.rms_norm(x.float(), w, eps).to(x.dtype), w the float32 (1 + weight) that Gemma scales by;
@@ -134,13 +141,16 @@ std::tuple<Tensor, Tensor> qk_norm_rope(const Tensor& qkv, int64_t H, int64_t KV
   TORCH_CHECK(q_w.numel() == hd && k_w.numel() == hd && q_w.scalar_type() == at::kFloat &&
               k_w.scalar_type() == at::kFloat && q_w.is_contiguous() && k_w.is_contiguous(),
               "qk_norm_rope: q_w and k_w must be (hd,) float32");
-  Tensor cf = cos.reshape({-1}).to(at::kFloat).contiguous(), sf = sin.reshape({-1}).to(at::kFloat).contiguous();
-  TORCH_CHECK(cf.numel() == hd && sf.numel() == hd, "qk_norm_rope: cos and sin must hold hd values");
+  TORCH_CHECK(cos.numel() == hd && sin.numel() == hd, "qk_norm_rope: cos and sin must hold hd values");
+  const Tensor cc = cos.to(qkv.scalar_type()).contiguous(), sc = sin.to(qkv.scalar_type()).contiguous();
   Tensor out = at::empty({H + KV, hd}, qkv.options());
-  const float *c = cf.data_ptr<float>(), *s = sf.data_ptr<float>();
   const float *qw = q_w.data_ptr<float>(), *kw = k_w.data_ptr<float>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, qkv.scalar_type(), "qk_norm_rope", [&] {
-    std::vector<float> n(hd);
+    std::vector<float> n(hd), c(hd), s(hd);
+    for (int64_t i = 0; i < hd; ++i) {
+      c[i] = float(cc.data_ptr<scalar_t>()[i]);
+      s[i] = float(sc.data_ptr<scalar_t>()[i]);
+    }
     for (int64_t h = 0; h < H + KV; ++h) {
       const scalar_t* x = qkv.data_ptr<scalar_t>() + h * hd;
       const float* wv = h < H ? qw : kw;
@@ -156,6 +166,124 @@ std::tuple<Tensor, Tensor> qk_norm_rope(const Tensor& qkv, int64_t H, int64_t KV
   return {out.narrow(0, 0, H).view({1, H, 1, hd}), out.narrow(0, H, KV).view({1, KV, 1, hd})};
 }
 
+// Rows of float32 or bf16 as float32 vectors: a dot product and y += w * x, vectorised where the
+// CPU allows (bf16 widens by a 16-bit shift); any other dtype, or a tail, one value at a time.
+#if defined(__AVX512F__)
+constexpr int64_t LANES = 16;
+using vec = __m512;
+inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {
+  __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset(float w) { return _mm512_set1_ps(w); }
+inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
+inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+#define STEERCHAT_VEC 1
+#elif defined(__AVX2__) && defined(__FMA__)
+constexpr int64_t LANES = 8;
+using vec = __m256;
+inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {
+  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset(float w) { return _mm256_set1_ps(w); }
+inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
+inline float vsum(vec a) {
+  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+#define STEERCHAT_VEC 1
+#endif
+
+template <typename T>
+constexpr bool vectorised() {
+#ifdef STEERCHAT_VEC
+  return std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+inline float dot_f(const float* a, const T* b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.f;
+#ifdef STEERCHAT_VEC
+  if constexpr (vectorised<T>()) {
+    vec acc = vzero();
+    for (; i + LANES <= n; i += LANES) acc = vfma(vload(a + i), vload(b + i), acc);
+    s = vsum(acc);
+  }
+#endif
+  for (; i < n; ++i) s += a[i] * float(b[i]);
+  return s;
+}
+
+template <typename T>
+inline void axpy_f(float w, const T* x, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef STEERCHAT_VEC
+  if constexpr (vectorised<T>()) {
+    const vec wv = vset(w);
+    for (; i + LANES <= n; i += LANES) vstore(y + i, vfma(wv, vload(x + i), vload(y + i)));
+  }
+#endif
+  for (; i < n; ++i) y[i] += w * float(x[i]);
+}
+
+// Attention of one query token: q (1, H, 1, hd), k and v (1, KV, T, hd) with H a multiple of
+// KV (grouped heads), mask None or (.., T) boolean (true = attend) or additive -> (1, 1, H * hd).
+// Scores and softmax in float32; SDPA's CPU kernel spends ~90 us setting up for this much work.
+Tensor decode_attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::optional<Tensor>& mask,
+                        double scale) {
+  const int64_t H = q.size(1), hd = q.size(3), KV = k.size(1), T = k.size(2);
+  TORCH_CHECK(q.numel() == H * hd && q.is_contiguous() && k.is_contiguous() && v.is_contiguous() &&
+              k.sizes() == v.sizes() && k.size(0) == 1 && k.size(3) == hd && H % KV == 0,
+              "decode_attention: q (1, H, 1, hd), k and v contiguous (1, KV, T, hd)");
+  Tensor m;
+  if (mask.has_value() && mask->defined()) {
+    m = mask->reshape({-1}).to(mask->scalar_type() == at::kBool ? at::kBool : at::kFloat).contiguous();
+    TORCH_CHECK(m.numel() == T, "decode_attention: the mask must hold T values");
+  }
+  Tensor out = at::empty({1, 1, H * hd}, q.options());
+  std::vector<float> qf(hd), p(T), acc(hd);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "decode_attention", [&] {
+    const scalar_t *qp = q.data_ptr<scalar_t>(), *kp = k.data_ptr<scalar_t>(), *vp = v.data_ptr<scalar_t>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    for (int64_t h = 0; h < H; ++h) {
+      const int64_t g = h / (H / KV);
+      for (int64_t d = 0; d < hd; ++d) qf[d] = float(qp[h * hd + d]);
+      float top = -INFINITY;
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* kr = kp + (g * T + t) * hd;
+        float s = dot_f(qf.data(), kr, hd) * float(scale);
+        if (m.defined()) {
+          if (m.scalar_type() == at::kBool) s = m.data_ptr<bool>()[t] ? s : -INFINITY;
+          else s += m.data_ptr<float>()[t];
+        }
+        p[t] = s;
+        top = std::max(top, s);
+      }
+      float sum = 0.f;
+      for (int64_t t = 0; t < T; ++t) sum += (p[t] = top == -INFINITY ? 0.f : std::exp(p[t] - top));
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t t = 0; t < T; ++t) {
+        const scalar_t* vr = vp + (g * T + t) * hd;
+        axpy_f(p[t] / sum, vr, acc.data(), hd);
+      }
+      for (int64_t d = 0; d < hd; ++d) op[h * hd + d] = scalar_t(acc[d]);
+    }
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(steerchat, m) {
@@ -164,6 +292,7 @@ TORCH_LIBRARY(steerchat, m) {
   m.def("add_rms_norm(Tensor h, Tensor x, Tensor w, float eps) -> Tensor");
   m.def("qk_norm_rope(Tensor qkv, int H, int KV, Tensor q_w, Tensor k_w, Tensor cos, Tensor sin, float eps) "
         "-> (Tensor, Tensor)");
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor? mask, float scale) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(steerchat, CPU, m) {
@@ -171,4 +300,5 @@ TORCH_LIBRARY_IMPL(steerchat, CPU, m) {
   m.impl("rms_norm", &rms_norm);
   m.impl("add_rms_norm", &add_rms_norm);
   m.impl("qk_norm_rope", &qk_norm_rope);
+  m.impl("decode_attention", &decode_attention);
 }

@@ -61,8 +61,9 @@ def build(compiler: str, out: Path) -> None:
 
 @functools.lru_cache(maxsize=None)
 def ops():
-    """torch.ops.steerchat with int8_gemv, rms_norm, add_rms_norm and qk_norm_rope; None where
-    they are not available (see the module docstring). Loaded once per process."""
+    """torch.ops.steerchat with int8_gemv, rms_norm, add_rms_norm, qk_norm_rope and
+    decode_attention; None where they are not available (see the module docstring). Loaded once
+    per process."""
     if os.environ.get("STEERCHAT_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
         return None
     compiler = shutil.which(os.environ.get("CXX", "c++"))

@@ -96,3 +96,21 @@ def test_lean_block_step_with_kernels_is_the_block_without(tiny_lm):
         pe4 = rotary(prompt, torch.arange(4)[None], kind)
         assert torch.equal(fast(prompt, position_embeddings=pe4, attention_mask=None),
                            plain(prompt, position_embeddings=pe4, attention_mask=None))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mask", [None, "bool", "additive"])
+def test_decode_attention_is_sdpa_for_one_query(dtype, mask):
+    H, KV, T, hd = 4, 1, 37, 64  # grouped heads, a length that is no multiple of the vector width
+    q = torch.randn(1, H, 1, hd, generator=G).to(dtype)
+    k, v = (torch.randn(1, KV, T, hd, generator=G).to(dtype) for _ in range(2))
+    m = None
+    if mask is not None:
+        keep = torch.rand(1, 1, 1, T, generator=G) > 0.3
+        m = keep if mask == "bool" else torch.where(keep, 0.0, float("-inf"))
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m, scale=0.125,
+                                         enable_gqa=True)  # (1, H, 1, hd)
+    got = kernels.ops().decode_attention(q, k, v, m, 0.125)
+    assert got.shape == (1, 1, H * hd) and got.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(got.float(), ref.reshape(1, 1, H * hd), rtol=tol, atol=tol)

@@ -314,6 +314,6 @@ def test_extending_keeps_the_base_exactly_and_learns_what_it_misses(data, tmp_pa
     acts = ext.encode(x[-4096:]).acts
     assert (acts[:, 64:] > 0).sum() > 0.08 * (acts > 0).sum()  # the added latents fire (measured 13%)
     with pytest.raises(ValueError, match="base"):
-        train(shards, dataclasses.replace(cfg, k=4), tmp_path / "bad", progress=False, base=base)
+        train(shards, dataclasses.replace(cfg, k=4), tmp_path / "bad", progress=False, base=base)  # k below the base's
     with pytest.raises(ValueError, match="go together"):
         train(shards, cfg, tmp_path / "bad2", progress=False)

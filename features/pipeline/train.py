@@ -42,6 +42,7 @@ SAMPLE_TOKENS = 1 << 16  # tokens that set input_scale and the initial b_dec
 SHUFFLE_SHARDS = 8  # a shuffle window holds about this many shards' worth of tokens, taken from all shards
 FVU_WINDOW = 100  # batches in the running FVU
 PARAMS = ("W_enc_T", "b_enc", "W_dec", "b_dec")
+NEW_ENCODER_SCALE = 0.01  # extending: added latents' encoder rows start this small
 # The dense encoder matmul in bf16 took 0.67 s instead of 1.29 s (4096×640×16384 on a 2-core Zen 4;
 # training ran at 6.8k instead of 4.6k tok/s) and reached the same FVU to 1e-4. Only on CPUs that
 # multiply bf16 natively: elsewhere it is emulated, and slower.
@@ -180,8 +181,10 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
           progress: bool = True, base: Dictionary | None = None) -> TrainResult:
     """Train on `shards` (safetensors with `acts` (N, d_in) float16, in order), checkpointing into
     `out_dir`; with resume=True a checkpoint of the same run there is continued. With `base` (a
-    TopK dictionary of cfg.frozen latents, with the same k), its latents come first and stay
-    exactly as they are: the result extends it, and its feature ids keep their meaning."""
+    TopK dictionary of cfg.frozen latents, k at most cfg.k), its latents come first and stay
+    exactly as they are: the result extends it, and its feature ids keep their meaning. A larger
+    k leaves the added latents slots of their own: with the base's k they could only displace
+    its latents, which cannot adapt."""
     from tqdm.auto import tqdm
 
     shards, out_dir = [Path(s) for s in shards], Path(out_dir)
@@ -191,9 +194,9 @@ def train(shards: list[Path], cfg: TrainConfig, out_dir: Path, *, resume: bool =
         raise ValueError(f"the shards hold {sum(sizes)} tokens, fewer than one batch of {cfg.batch_tokens}")
     if (base is None) != (cfg.frozen == 0):
         raise ValueError("a base dictionary and cfg.frozen go together")
-    if base is not None and (base.activation != "topk" or base.k != cfg.k or base.d_sae != cfg.frozen
+    if base is not None and (base.activation != "topk" or base.k > cfg.k or base.d_sae != cfg.frozen
                              or base.d_in != d_in or not base.apply_b_dec_to_input):
-        raise ValueError(f"the base must be a TopK dictionary with k={cfg.k}, {cfg.frozen} latents and d_in={d_in}")
+        raise ValueError(f"the base must be a TopK dictionary with k <= {cfg.k}, {cfg.frozen} latents and d_in={d_in}")
     run = {"cfg": asdict(cfg), "shards": [[s.name, n] for s, n in zip(shards, sizes)],
            "base": base.fingerprint() if base is not None else None}
     state = (_load_checkpoint(out_dir, run) if resume else None) or _fresh_state(shards, d_in, cfg, base)
@@ -295,13 +298,18 @@ def _fresh_state(shards: list[Path], d_in: int, cfg: TrainConfig, base: Dictiona
         b_dec = base.b_dec * r
     W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (new, d_in)
     W_enc_T, b_enc = W_dec.clone(), torch.zeros(new)  # W_enc = W_dec.T
+    since_fired = torch.zeros(cfg.d_sae, dtype=torch.long)
     if base is not None:  # the base in training units (x·scale in, x̂·scale out), same activations
-        W_enc_T = torch.cat([base.W_enc.T / r, W_enc_T])
+        # New latents start quiet (a tied encoder at full size would outbid the base's latents
+        # for every top-k slot) and count as dead, so AuxK trains them on what the base misses
+        # from the first step; they take slots as they become useful.
+        W_enc_T = torch.cat([base.W_enc.T / r, W_enc_T * NEW_ENCODER_SCALE])
         W_dec = torch.cat([base.W_dec * r, W_dec])
         b_enc = torch.cat([base.b_enc, b_enc])
+        since_fired[cfg.frozen:] = cfg.dead_after_tokens
     params = {"W_enc_T": W_enc_T.contiguous(), "b_enc": b_enc, "W_dec": W_dec.contiguous(), "b_dec": b_dec}
     return {"step": 0, "input_scale": scale, "params": params, "adam": {}, "fvu_recent": [],
-            "since_fired": torch.zeros(cfg.d_sae, dtype=torch.long)}
+            "since_fired": since_fired}
 
 
 def _save_checkpoint(out_dir: Path, run: dict, step: int, B: int, sizes: list[int], scale: float,
