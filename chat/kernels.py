@@ -4,8 +4,9 @@
 compiler, not Linux, `STEERCHAT_KERNELS=0`): the lean block then keeps torch's own calls. The
 build runs the machine's `c++` with `-march=native` against the installed torch's headers
 (about 15 s on 2 cores, once) and is cached beside the converted models
-(`chat.models.cache_dir()/kernels/<key>.so`), the key covering the source, torch's version, the
-compiler and the CPU's flags, so another machine or torch builds its own.
+(`chat.models.cache_dir()/kernels/<key>.so`), the key covering the source, torch's version and
+folder (the library links to it), the compiler and the CPU's flags, so another machine or torch
+builds its own.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ def _cpu_flags() -> str:
 def library_path(compiler: str) -> Path:
     from chat.models import cache_dir
 
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, compiler, _cpu_flags(),
-                                    sysconfig.get_platform()]).encode()).hexdigest()[:24]
+    key = hashlib.sha256("\n".join([SOURCE.read_text(), torch.__version__, str(Path(torch.__file__).parent),
+                                    compiler, _cpu_flags(), sysconfig.get_platform()]).encode()).hexdigest()[:24]
     return cache_dir() / "kernels" / f"{key}.so"
 
 
