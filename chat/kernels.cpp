@@ -25,35 +25,89 @@ namespace {
 
 using at::Tensor;
 
-// sum_k w[k] * x[k]: int8 weights against float32 activations, accumulated in float32.
-inline float dot_i8(const int8_t* w, const float* x, int64_t K) {
-  int64_t k = 0;
-  float s = 0.f;
+// Rows of float32, bf16 or int8 as float32 vectors: a dot product and y += w * x, vectorised
+// where the CPU allows (bf16 widens by a 16-bit shift, int8 by sign extension); any other dtype,
+// or a tail, one value at a time.
 #if defined(__AVX512F__)
-  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
-  for (; k + 32 <= K; k += 32) {
-    __m512i w0 = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k)));
-    __m512i w1 = _mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w + k + 16)));
-    a0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(w0), _mm512_loadu_ps(x + k), a0);
-    a1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(w1), _mm512_loadu_ps(x + k + 16), a1);
-  }
-  s = _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+constexpr int64_t LANES = 16;
+using vec = __m512;
+inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {
+  __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
+}
+inline vec vload(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+}
+inline vec vzero() { return _mm512_setzero_ps(); }
+inline vec vset(float w) { return _mm512_set1_ps(w); }
+inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm512_add_ps(a, b); }
+inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
+inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
+#define STEERCHAT_VEC 1
 #elif defined(__AVX2__) && defined(__FMA__)
-  __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-  for (; k + 16 <= K; k += 16) {
-    __m256i w0 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k)));
-    __m256i w1 = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(w + k + 8)));
-    a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w0), _mm256_loadu_ps(x + k), a0);
-    a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(w1), _mm256_loadu_ps(x + k + 8), a1);
-  }
-  __m256 a = _mm256_add_ps(a0, a1);
+constexpr int64_t LANES = 8;
+using vec = __m256;
+inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
+inline vec vload(const c10::BFloat16* p) {
+  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+}
+inline vec vload(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline vec vzero() { return _mm256_setzero_ps(); }
+inline vec vset(float w) { return _mm256_set1_ps(w); }
+inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
+inline vec vadd(vec a, vec b) { return _mm256_add_ps(a, b); }
+inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
+inline float vsum(vec a) {
   __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
   h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  h = _mm_add_ss(h, _mm_movehdup_ps(h));
-  s = _mm_cvtss_f32(h);
+  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
+}
+#define STEERCHAT_VEC 1
 #endif
-  for (; k < K; ++k) s += float(w[k]) * x[k];
+
+template <typename T>
+constexpr bool vectorised() {
+#ifdef STEERCHAT_VEC
+  return std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, int8_t>;
+#else
+  return false;
+#endif
+}
+
+template <typename T>
+inline float dot_f(const float* a, const T* b, int64_t n) {
+  int64_t i = 0;
+  float s = 0.f;
+#ifdef STEERCHAT_VEC
+  if constexpr (vectorised<T>()) {
+    vec a0 = vzero(), a1 = vzero();  // two chains: one FMA's latency would bound an int8 row
+    for (; i + 2 * LANES <= n; i += 2 * LANES) {
+      a0 = vfma(vload(a + i), vload(b + i), a0);
+      a1 = vfma(vload(a + i + LANES), vload(b + i + LANES), a1);
+    }
+    for (; i + LANES <= n; i += LANES) a0 = vfma(vload(a + i), vload(b + i), a0);
+    s = vsum(vadd(a0, a1));
+  }
+#endif
+  for (; i < n; ++i) s += a[i] * float(b[i]);
   return s;
+}
+
+template <typename T>
+inline void axpy_f(float w, const T* x, float* y, int64_t n) {
+  int64_t i = 0;
+#ifdef STEERCHAT_VEC
+  if constexpr (vectorised<T>()) {
+    const vec wv = vset(w);
+    for (; i + LANES <= n; i += LANES) vstore(y + i, vfma(wv, vload(x + i), vload(y + i)));
+  }
+#endif
+  for (; i < n; ++i) y[i] += w * float(x[i]);
 }
 
 // 1 / rms(x), as F.rms_norm computes it.
@@ -92,7 +146,7 @@ Tensor int8_gemv(const Tensor& x, const Tensor& w, const Tensor& scale) {
     for (int64_t k = 0; k < K; ++k) xf[k] = float(xp[k]);
     scalar_t* yp = y.data_ptr<scalar_t>();
     at::parallel_for(0, N, 256, [&](int64_t a, int64_t b) {
-      for (int64_t n = a; n < b; ++n) yp[n] = scalar_t(dot_i8(wp + n * K, xf.data(), K) * sp[n]);
+      for (int64_t n = a; n < b; ++n) yp[n] = scalar_t(dot_f(xf.data(), wp + n * K, K) * sp[n]);
     });
   });
   return y;
@@ -164,78 +218,6 @@ std::tuple<Tensor, Tensor> qk_norm_rope(const Tensor& qkv, int64_t H, int64_t KV
     }
   });
   return {out.narrow(0, 0, H).view({1, H, 1, hd}), out.narrow(0, H, KV).view({1, KV, 1, hd})};
-}
-
-// Rows of float32 or bf16 as float32 vectors: a dot product and y += w * x, vectorised where the
-// CPU allows (bf16 widens by a 16-bit shift); any other dtype, or a tail, one value at a time.
-#if defined(__AVX512F__)
-constexpr int64_t LANES = 16;
-using vec = __m512;
-inline vec vload(const float* p) { return _mm512_loadu_ps(p); }
-inline vec vload(const c10::BFloat16* p) {
-  __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-}
-inline vec vzero() { return _mm512_setzero_ps(); }
-inline vec vset(float w) { return _mm512_set1_ps(w); }
-inline vec vfma(vec a, vec b, vec c) { return _mm512_fmadd_ps(a, b, c); }
-inline void vstore(float* p, vec a) { _mm512_storeu_ps(p, a); }
-inline float vsum(vec a) { return _mm512_reduce_add_ps(a); }
-#define STEERCHAT_VEC 1
-#elif defined(__AVX2__) && defined(__FMA__)
-constexpr int64_t LANES = 8;
-using vec = __m256;
-inline vec vload(const float* p) { return _mm256_loadu_ps(p); }
-inline vec vload(const c10::BFloat16* p) {
-  __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
-}
-inline vec vzero() { return _mm256_setzero_ps(); }
-inline vec vset(float w) { return _mm256_set1_ps(w); }
-inline vec vfma(vec a, vec b, vec c) { return _mm256_fmadd_ps(a, b, c); }
-inline void vstore(float* p, vec a) { _mm256_storeu_ps(p, a); }
-inline float vsum(vec a) {
-  __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-  h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-  return _mm_cvtss_f32(_mm_add_ss(h, _mm_movehdup_ps(h)));
-}
-#define STEERCHAT_VEC 1
-#endif
-
-template <typename T>
-constexpr bool vectorised() {
-#ifdef STEERCHAT_VEC
-  return std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>;
-#else
-  return false;
-#endif
-}
-
-template <typename T>
-inline float dot_f(const float* a, const T* b, int64_t n) {
-  int64_t i = 0;
-  float s = 0.f;
-#ifdef STEERCHAT_VEC
-  if constexpr (vectorised<T>()) {
-    vec acc = vzero();
-    for (; i + LANES <= n; i += LANES) acc = vfma(vload(a + i), vload(b + i), acc);
-    s = vsum(acc);
-  }
-#endif
-  for (; i < n; ++i) s += a[i] * float(b[i]);
-  return s;
-}
-
-template <typename T>
-inline void axpy_f(float w, const T* x, float* y, int64_t n) {
-  int64_t i = 0;
-#ifdef STEERCHAT_VEC
-  if constexpr (vectorised<T>()) {
-    const vec wv = vset(w);
-    for (; i + LANES <= n; i += LANES) vstore(y + i, vfma(wv, vload(x + i), vload(y + i)));
-  }
-#endif
-  for (; i < n; ++i) y[i] += w * float(x[i]);
 }
 
 // Attention of one query token: q (1, H, 1, hd), k and v (1, KV, T, hd) with H a multiple of

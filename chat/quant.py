@@ -146,9 +146,9 @@ class Int8Linear(nn.Module):
         self.register_buffer("weight", q)  # (N, K) int8, of W * s when smoothed
         self.register_buffer("scale", scale.to(self.full.dtype))  # (N,)
         self.register_buffer("smooth", smooth)  # (K,) float32 1/s, or None
-        self.kernels = kernels
-        self._scale32 = scale.float().contiguous()  # (N,) for int8_gemv
         self._packs = _prepack_rows(q, scale, bias, pool) if smooth is not None else None
+        self.kernels = kernels if self._packs is None else None  # the dynamic kernel has no int8_gemv twin
+        self._scale32 = scale.float().contiguous() if self.kernels is not None else None  # (N,) for int8_gemv
         self.exact_top = 0  # > 0: single rows' k largest outputs are recomputed exactly (an LM head)
 
     def quantized(self) -> dict[str, Tensor]:
@@ -181,7 +181,7 @@ class Int8Linear(nn.Module):
             except RuntimeError:  # inf or NaN in the row (steering far too strong): no int8 range
                 flat = xs
         if y is None:
-            if self.kernels is not None and self._packs is None:
+            if self.kernels is not None:
                 y = self.kernels.int8_gemv(flat, self.weight, self._scale32)  # (1, N), NaN carried on
             else:
                 w_flat = flat.to(self.scale.dtype).contiguous()
