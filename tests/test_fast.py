@@ -243,3 +243,31 @@ def test_head_recomputes_its_top_outputs_exactly(fast_lm, tiny_lm):
     top = ref.topk(8).indices
     assert torch.equal(got[top], ref[top])
     assert got.argmax() == ref.argmax()
+
+
+def test_head_is_weight_only_where_the_compiled_ops_exist(tiny_lm, monkeypatch):
+    """With chat/kernels.cpp built, the head reads int8 rows through int8_gemv (nothing to pack
+    at load); without it, fbgemm's dynamic kernel on smoothed inputs. The two keep separate
+    cache files, and each decodes close to the full head."""
+    import chat.kernels
+
+    if chat.kernels.ops() is None:
+        pytest.skip("no C++ compiler: the head is dynamic, as tested below")
+    ids = torch.tensor([tiny_lm.tokenizer(PROMPT).input_ids[:1]])  # one row: the int8 head
+    with torch.inference_mode():
+        want = tiny_lm.model(input_ids=ids).logits[:, -1]
+    heads, files = {}, {}
+    for mode in ("weight-only", "dynamic"):
+        if mode == "dynamic":
+            monkeypatch.setattr(chat.kernels, "ops", lambda: None)
+        model = copy.deepcopy(tiny_lm.model)
+        files[mode] = cache_file(model)
+        make_fast(model, decoder_layers(model), tiny_lm.tokenizer)
+        heads[mode] = head = model.get_output_embeddings()
+        with torch.inference_mode():
+            out = model(input_ids=ids).logits[:, -1]
+        assert (out - want).abs().max() < 0.05 * want.abs().max()
+        assert out.argmax() == want.argmax()
+    assert not heads["weight-only"].dynamic and heads["weight-only"].kernels is not None
+    assert heads["dynamic"].dynamic == dynamic_available() and heads["dynamic"].kernels is None
+    assert files["weight-only"] != files["dynamic"]
