@@ -408,6 +408,18 @@ def _band(engine, chosen: Trial, trials: Sequence[Trial], baseline: float, costs
     return round(same[low].features[0][1] / unit, 3), round(same[high].features[0][1] / unit, 3)
 
 
+def related(word: str, candidates: Sequence[str], n: int = 3, max_steps: int = 5) -> list[str]:
+    """Up to `n` of `candidates` (concepts that work) nearest to `word` in WordNet's noun
+    hierarchy, within `max_steps` (chat/concept.py's errors suggest them: "anger" finds no writer,
+    "love" and "sadness" do); nearest first."""
+    lex = lexicon.default()
+    if lex is None:
+        return []
+    steps = {c: lex.kinship(word, c) for c in candidates if c != word}
+    near = sorted((d, c) for c, d in steps.items() if d is not None and d <= max_steps)
+    return [c for _, c in near[:n]]
+
+
 # -- cache -----------------------------------------------------------------------------------
 class ConceptCache:
     """Measured concepts of one dictionary: its folder's concepts.json (read only, shipped), then
@@ -438,6 +450,12 @@ class ConceptCache:
     def words(self) -> list[str]:
         with self._lock:
             return sorted(self._shipped.keys() | self._mine.keys())
+
+    def found(self) -> list[str]:
+        """The concepts measured with a working steering (not the searches that found nothing)."""
+        with self._lock:
+            rows = {**self._shipped, **self._mine}
+        return sorted(w for w, row in rows.items() if "error" not in row)
 
     def export(self, path: Path, words: Sequence[str] | None = None) -> int:
         """Write the measured rows (found concepts and searches that found nothing) for `words`

@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from chat.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptError, find, parse_concept, user_file
+from chat.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptError, find, parse_concept, related, user_file
 from chat.generate import GenerationSettings, Reply, ReplyStream, generate
 from chat.hooks import Recorder, StopForward, attach
 from chat.loops import bad_reply
@@ -166,17 +166,21 @@ class Engine:
         if self.placeholder:
             raise ConceptError("the placeholder dictionary's features are random; load a trained dictionary "
                                "to steer toward a concept")
-        found = self.concepts.get(word)
-        if found is None:
-            with self._concept_search:
-                found = self.concepts.get(word)  # another request may have searched it meanwhile
-                if found is None:
-                    try:
-                        found = find(self, word, progress)
-                    except ConceptError as e:
-                        self.concepts.put(e, word)
-                        raise
-                    self.concepts.put(found)
+        try:
+            found = self.concepts.get(word)
+            if found is None:
+                with self._concept_search:
+                    found = self.concepts.get(word)  # another request may have searched it meanwhile
+                    if found is None:
+                        try:
+                            found = find(self, word, progress)
+                        except ConceptError as e:
+                            self.concepts.put(e, word)
+                            raise
+                        self.concepts.put(found)
+        except ConceptError as e:
+            near = related(word, self.concepts.found())
+            raise ConceptError(f"{e}. Near it, these work: {', '.join(near)}" if near else str(e)) from None
         return found.scaled(scale)
 
     # -- generation -----------------------------------------------------------------------

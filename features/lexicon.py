@@ -127,6 +127,19 @@ class Lexicon:
                 break
         return tuple(out.items())
 
+    def kinship(self, a: str, b: str) -> int | None:
+        """Steps from noun `a` up to the nearest hypernym it shares with noun `b` and down to `b`,
+        by their commonest senses: 2 for siblings such as snow and rain ("precipitation"), None
+        when they share only a word of TOO_GENERAL (or either is no noun)."""
+        up_a, up_b = self._noun_ancestors(a), self._noun_ancestors(b)
+        return min((up_a[h] + up_b[h] for h in up_a.keys() & up_b.keys()), default=None)
+
+    def _noun_ancestors(self, word: str) -> dict[int, int]:
+        """{synset: steps up} from the word's first noun sense (itself at 0), TOO_GENERAL left out."""
+        first = self.lemmas.get(self.lemma(word), {}).get("n", [])[:1]
+        return {h: step for s in first for h, step in ((s, 0), *self.ancestors(s))
+                if not any(part in TOO_GENERAL for w in self.words(h) for part in w.split())}
+
     @functools.lru_cache(maxsize=50_000)
     def meanings(self, word: str) -> dict[str, Relation]:
         """What `word` means, as other words: its lemma ("same"), synonyms, derived forms, and

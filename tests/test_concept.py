@@ -238,3 +238,23 @@ def test_concept_benchmark_rows_and_table(engine, monkeypatch):
     assert summary["concepts"] == 2 and summary["found"] == 1
     table = concept_bench.table(rows)
     assert "| ocean |" in table and "none found" in table
+
+
+def test_a_concept_nothing_writes_points_to_related_ones_that_work(engine, tmp_path):
+    """anger has no writer in the embedded dictionary; its error names the nearest concepts (by
+    WordNet's noun hierarchy) that do work there, and never an unrelated one."""
+    from chat.concept import related
+
+    shipped = tmp_path / "concepts.json"
+    rows = {w: Concept(w, "add", ((5, 1.0),), (1.0, 1.0), 1.0, 1.0, (w,)).to_json() for w in ("love", "sadness", "ocean")}
+    rows["anger"] = {"concept": "anger", "error": "no feature of this dictionary makes the model say 'anger'"}
+    rows["fear"] = {"concept": "fear", "error": "no feature writes 'fear'"}  # failed: never suggested
+    shipped.write_text(json.dumps({"format": FORMAT, "key": "k", "concepts": rows}))
+    engine._concepts = ConceptCache("k", shipped, tmp_path / "user.json")
+    with pytest.raises(ConceptError) as e:
+        engine.concept("anger")
+    message = str(e.value)
+    assert message.startswith("no feature of this dictionary makes the model say 'anger'") and "\n" not in message
+    assert message.endswith("Near it, these work: love, sadness")
+    assert related("snow", ["rain", "ocean", "music"]) == ["rain"]
+    assert related("zzzq", ["rain"]) == [] and related("ice cream", ["ocean"]) == []
