@@ -214,7 +214,7 @@ def test_steering_panel_handlers(engine):
 
 
 def test_concept_box_fills_the_sliders(engine):
-    from chat.concept import Concept
+    from chat.concept import Concept, ConceptError
 
     engine.concepts.put(Concept("rain", "add", ((DOGS, 2.5), (BRIDGE, 1.0)), (0.75, 1.0), 1.0, 1.2, ("rain",)))
     steer = SteerHandlers(EngineLoader.ready(engine))
@@ -226,6 +226,12 @@ def test_concept_box_fills_the_sliders(engine):
     assert [(r.id, r.strength) for r in rows] == [(DOGS, -2.5), (BRIDGE, -1.0)]  # clamp rows give way
     with pytest.raises(gr.Error, match="empty"):
         steer.concept("  ", [], "add")
+    # A word nothing writes is an answer, not a failure: said in the note, the rows and mode kept.
+    engine.concepts.put(ConceptError("no feature of this dictionary makes the model say 'zzz'"), "zzz")
+    kept = [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)]
+    view = steer.concept("zzz", kept, "clamp", 2.0)
+    assert [(r.id, r.strength) for r in view[0]] == [(BRIDGE, 2.0)] and view[-2] == "clamp"
+    assert view[-1].startswith("⚠ no feature of this dictionary makes the model say 'zzz'")
 
 
 def test_rename_is_saved_and_found_later(tiny_lm):

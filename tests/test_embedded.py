@@ -128,7 +128,10 @@ def test_shipped_concepts_answer_without_a_search_and_steer_the_reply(engine, mo
             pass
     assert found >= 25  # 28 of 50 when shipped (docs/concepts.md)
     terms = dict(CONCEPTS)
+    # Four prompts, not two: one reply more or less in a concept's 0.83 (its rate on the held-out
+    # prompts) moved with the fast path's rounding alone.
+    prompts = ("Tell me a story.", "Give me some advice.", "What should I cook tonight?", "Describe your morning.")
     for word in ("ocean", "rain"):
-        steered = [engine.reply(p, steer=engine.concept(word)).text for p in ("Tell me a story.", "Give me some advice.")]
-        plain = [engine.reply(p).text for p in ("Tell me a story.", "Give me some advice.")]
+        steered = [engine.reply(p, steer=engine.concept(word)).text for p in prompts]
+        plain = [engine.reply(p).text for p in prompts]
         assert mention_rate(steered, terms[word]) >= 0.5 > mention_rate(plain, terms[word]), (word, steered)

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from chat.concept import ConceptError, parse_concept
 from chat.steering import MODES
 from chat.ui import steer_state as st
 from chat.ui.errors import reported
@@ -118,8 +119,12 @@ class SteerHandlers:
         features in the panel at their measured strengths, in add mode. Outputs: the view, the
         mode, the note."""
         engine = self.loader.get()
+        parse_concept(text or "")  # a malformed request is an error (one line); ...
         progress(0.0, desc="looking it up (a new concept is measured once, about 30 s)")
-        found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
+        try:
+            found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
+        except ConceptError as e:  # ... a word nothing writes is an answer: said beside the box, the rows kept
+            return [*render(st.with_values(rows, values)), mode, f"⚠ {e}"]
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
         rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
                                               for f, s in found.strengths.items()])
