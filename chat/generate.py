@@ -189,8 +189,12 @@ class _StopStrings(StoppingCriteria):
         self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
-        tail = self.tokenizer.decode(input_ids[0, self.prompt_len:][-16:], skip_special_tokens=True)
+        reply = input_ids[0, self.prompt_len:]
+        tail = self.tokenizer.decode(reply[-16:], skip_special_tokens=True)  # the cheap test, every step
         done = any(s in tail for s in self.stops)
+        if done:  # the exact rule (a blank line before any text does not end a reply)
+            ids = reply.tolist()
+            done = reply_length(self.tokenizer, ids, self.stops, final=True) < len(ids)
         return torch.full((input_ids.shape[0],), done, dtype=torch.bool, device=input_ids.device)
 
 

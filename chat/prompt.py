@@ -12,7 +12,8 @@ Two formats:
       Assistant:
 
   with a stop rule: the reply ends where the model starts the next turn ("\\nUser:"). The
-  default "chat" frame puts a few example exchanges (CHAT_EXAMPLES) after the header.
+  default "chat" frame puts a few example exchanges (CHAT_EXAMPLES) after the header, and there
+  a blank line after the reply's first words ends it too.
 
 A bad assistant turn in the history goes back to the model trimmed (chat/loops.py): a looping
 reply up to where it starts repeating; an empty one is left out with the message it answered.
@@ -42,6 +43,10 @@ CHAT_EXAMPLES = (
 FRAMES = ("chat", "plain")
 TRANSCRIPT_ROLES = {"user": "User", "assistant": "Assistant", "system": "System"}
 TRANSCRIPT_STOPS = ("\nUser:", "\nAssistant:", "\nSystem:")
+# In the chat frame a blank line ends the reply too: turns there are one line apart, none of 36
+# unsteered replies of the chat benchmark held one, and a steered reply that leaves the
+# conversation does it there ("We are in the ocean!\n\n<h2>The word</h2>\n<h2>...").
+CHAT_STOPS = TRANSCRIPT_STOPS + ("\n\n",)
 
 
 class PromptError(ValueError):
@@ -164,7 +169,7 @@ def build_prompt(tokenizer, messages, max_tokens: int, frame: str = "chat") -> P
     if frame not in FRAMES:
         raise PromptError(f"frame must be one of {', '.join(FRAMES)}, got {frame!r}")
     messages = sanitise_history(normalise(messages))
-    stops = () if getattr(tokenizer, "chat_template", None) else TRANSCRIPT_STOPS
+    stops = () if getattr(tokenizer, "chat_template", None) else CHAT_STOPS if frame == "chat" else TRANSCRIPT_STOPS
     system = [m for m in messages[:1] if m["role"] == "system"]
     turns = messages[len(system):]
     dropped = 0
@@ -202,15 +207,18 @@ def reply_length(tokenizer, ids: list[int], stop_strings: tuple[str, ...], final
     """How many of the generated `ids` belong to the reply.
 
     Stops before the first special token (EOS, end-of-turn) and before the token where a stop
-    string begins. While generating (`final=False`) it also holds back tokens that may be the
-    start of a stop string, so streamed text never has to be taken back.
+    string begins; a stop string of whitespace only (a blank line) counts after the reply's
+    first visible character. While generating (`final=False`) it also holds back tokens that
+    may be the start of a stop string, so streamed text never has to be taken back.
     """
     special = set(tokenizer.all_special_ids)
     n = next((i for i, t in enumerate(ids) if t in special), len(ids))
     if not stop_strings or n == 0:
         return n
     text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-    cut = min((i for i in (text.find(s) for s in stop_strings) if i >= 0), default=-1)
+    lead = len(text) - len(text.lstrip())
+    found = (text.find(s, lead if s.isspace() else 0) for s in stop_strings)
+    cut = min((i for i in found if i >= 0), default=-1)
     if cut < 0 and not final:
         # The earliest suffix of the text that is a prefix of some stop string.
         cut = next(

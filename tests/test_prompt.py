@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.prompt import TRANSCRIPT_STOPS, PromptError, build_prompt, reply_length
+from chat.prompt import CHAT_STOPS, TRANSCRIPT_STOPS, PromptError, build_prompt, reply_length
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +17,8 @@ def test_transcript_for_base_models(tok):
     text = tok.decode(p.ids)
     assert p.ids[0] == tok.bos_token_id
     assert text.endswith("\nUser: Hi\nAssistant: Hello!\nUser: How are you?\nAssistant:")
-    assert p.stop_strings == TRANSCRIPT_STOPS and p.dropped_turns == 0
+    assert p.stop_strings == CHAT_STOPS and p.dropped_turns == 0
+    assert build_prompt(tok, "Hi", 500, frame="plain").stop_strings == TRANSCRIPT_STOPS  # as specs were measured
 
 
 def test_typed_special_tokens_stay_text(tok):
@@ -84,3 +85,26 @@ def test_reply_length_cuts_whole_tokens(tok):
     assert reply_length(tok, partial, TRANSCRIPT_STOPS, final=False) == len(reply)
     assert reply_length(tok, partial, TRANSCRIPT_STOPS, final=True) == len(partial)
     assert reply_length(tok, reply, (), final=True) == len(reply)
+
+
+def test_a_blank_line_after_the_first_words_ends_a_chat_reply(tok):
+    """A steered reply that leaves the conversation does it after a blank line; one that opens
+    with blank lines has not started yet."""
+    reply = tok.encode(" We are in the ocean!", add_special_tokens=False)
+    junk = tok.encode("\n\n<h2>The word</h2>", add_special_tokens=False)
+    assert reply_length(tok, reply + junk, CHAT_STOPS, final=True) == len(reply)
+    assert reply_length(tok, reply + junk, TRANSCRIPT_STOPS, final=True) == len(reply + junk)
+    opening = tok.encode("\n\n", add_special_tokens=False)
+    assert reply_length(tok, opening + reply, CHAT_STOPS, final=True) == len(opening + reply)
+    two_lines = tok.encode(" Silver lamp above the sea,\nyou light the night.", add_special_tokens=False)
+    assert reply_length(tok, two_lines, CHAT_STOPS, final=True) == len(two_lines)  # one newline is not a blank line
+    # The generation loop's stopping criterion follows the same rule.
+    import torch
+
+    from chat.generate import _StopStrings
+
+    prompt = tok.encode("User: Hi\nAssistant:")
+    stop = _StopStrings(tok, len(prompt), CHAT_STOPS)
+    assert stop(torch.tensor([prompt + reply + junk]), None).item()
+    assert not stop(torch.tensor([prompt + opening]), None).item()
+    assert not stop(torch.tensor([prompt + two_lines]), None).item()
