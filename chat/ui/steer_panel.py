@@ -47,7 +47,7 @@ class SteerPanel:
 def build() -> SteerPanel:
     gr.Markdown("### Steering", elem_id="steering-title")
     with gr.Row(equal_height=True):
-        concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. ocean, rain, war",
+        concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. ocean, fire, music",
                              scale=4, elem_id="concept")
         concept_go = gr.Button("Steer", size="sm", variant="primary", scale=1, min_width=60, elem_id="concept-go")
     concept_note = gr.Markdown("", elem_id="concept-note", elem_classes="hint")
