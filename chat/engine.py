@@ -167,21 +167,26 @@ class Engine:
             raise ConceptError("the placeholder dictionary's features are random; load a trained dictionary "
                                "to steer toward a concept")
         try:
-            found = self.concepts.get(word)
-            if found is None:
-                with self._concept_search:
-                    found = self.concepts.get(word)  # another request may have searched it meanwhile
-                    if found is None:
-                        try:
-                            found = find(self, word, progress)
-                        except ConceptError as e:
-                            self.concepts.put(e, word)
-                            raise
-                        self.concepts.put(found)
+            found = self._measured(word, progress)
         except ConceptError as e:
             near = related(word, self.concepts.found())
             raise ConceptError(f"{e}. Near it, these work: {', '.join(near)}" if near else str(e)) from None
         return found.scaled(scale)
+
+    def _measured(self, word: str, progress: Callable[[float, str], None] | None) -> Concept:
+        """The cached concept, else one search (kept, found or not); ConceptError when nothing writes it."""
+        found = self.concepts.get(word)
+        if found is None:
+            with self._concept_search:
+                found = self.concepts.get(word)  # another request may have searched it meanwhile
+                if found is None:
+                    try:
+                        found = find(self, word, progress)
+                    except ConceptError as e:
+                        self.concepts.put(e, word)
+                        raise
+                    self.concepts.put(found)
+        return found
 
     # -- generation -----------------------------------------------------------------------
     def prompt(self, messages, max_new_tokens: int, frame: str = "chat") -> Prompt:

@@ -124,7 +124,7 @@ def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer) -> None:
         stored = None  # another layout (or a damaged file): start again
     ranges: dict[str, Tensor] = {}
     ops = kernels.ops()  # built on the first load (about 15 s), then loaded from the cache
-    points = {"head": head} if isinstance(head, nn.Linear) and ops is None else {}
+    points = {"head": head} if isinstance(head, nn.Linear) and _head_mode() == "dynamic" else {}
     if lean:
         points |= {k: m for k, m in gemma_block.calibration_points(layers).items()
                    if k.rpartition(".")[2] in DYNAMIC_PARTS}
