@@ -9,17 +9,22 @@ loading the engine in the background and launches; the model loads once.
 """
 from __future__ import annotations
 
-import argparse
-import functools
-import os
-import time
+import sys
 
-import gradio as gr
+if __name__ == "__main__":  # before Gradio's ~3 s import: answer the browser, start loading the model
+    from chat.ui.early import begin
+
+    _BEGUN = begin(sys.argv[1:], __doc__)
+
+import functools  # noqa: E402 - after the early start, on purpose
+import time  # noqa: E402
+
+import gradio as gr  # noqa: E402
 
 from chat.ui import api, chat_panel, fired_panel, steer_panel, tryit
 from chat.ui import steer_state
+from chat.ui.early import Begun, parse_args
 from chat.ui.loader import EngineLoader
-from chat.ui.pairings import PAIRINGS, resolve
 
 CSS = """
 .hint { font-size: 0.85em; opacity: 0.8; }
@@ -73,38 +78,13 @@ def launch_options() -> dict:
     return {"css": CSS, "theme": gr.themes.Soft()}
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    env = os.environ.get
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default=env("STEERCHAT_MODEL") or None, help="hub id or local folder")
-    p.add_argument("--dictionary", default=env("STEERCHAT_DICTIONARY") or None,
-                   help="local path or hub owner/repo/sub/folder")
-    p.add_argument("--layer", type=int, default=int(env("STEERCHAT_LAYER")) if env("STEERCHAT_LAYER") else None)
-    p.add_argument("--preset", default=env("STEERCHAT_PRESET") or None, choices=sorted(PAIRINGS),
-                   help="a hub model + dictionary pairing")
-    p.add_argument("--device", default=env("STEERCHAT_DEVICE") or None, help="cpu, cuda, ... (default: cuda if any)")
-    p.add_argument("--host", default=None, help="address to listen on (default: Gradio's, 127.0.0.1)")
-    p.add_argument("--port", type=int, default=None, help="port (default: Gradio's, 7860)")
-    p.add_argument("--concurrency", type=int, default=1, help="replies generated at once (default 1)")
-    return p.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from chat.ui.gpu import on_zero_gpu
-
-    args = parse_args(argv)
-    try:
-        model, dictionary = resolve(args.preset, args.model, args.dictionary)
-    except ValueError as e:  # a preset named in STEERCHAT_PRESET bypasses argparse's choices
-        raise SystemExit(f"error: {e}") from None
-    loader = EngineLoader(model, dictionary, args.layer, device=args.device or ("cuda" if on_zero_gpu() else None))
-    if on_zero_gpu():
-        loader.get()  # ZeroGPU wants the weights on "cuda" before the first request forks
-    else:
-        loader.start()  # load in the background; the status line shows progress meanwhile
-    demo = build_demo(loader, concurrency_limit=args.concurrency)
-    demo.queue(max_size=64).launch(server_name=args.host, server_port=args.port, **launch_options())
+def main(argv: list[str] | None = None, begun: Begun | None = None) -> None:
+    """Start the app; `begun`: what `early.begin` started before this module's imports."""
+    begun = begun or Begun.start(parse_args(argv, __doc__))
+    demo = build_demo(begun.loader, concurrency_limit=begun.args.concurrency)
+    begun.release_port()  # the starting page steps aside; its next reload finds the app
+    demo.queue(max_size=64).launch(server_name=begun.args.host, server_port=begun.args.port, **launch_options())
 
 
 if __name__ == "__main__":
-    main()
+    main(begun=_BEGUN)

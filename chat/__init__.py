@@ -3,6 +3,7 @@
 Python API: `load()` returns an `Engine` with `search`, `reply`, `stream`, `encode` (chat/engine.py).
 Nothing heavy is imported until `load` is called.
 """
+from chat.steer.settings import GenerationSettings
 
 
 def load(*args, **kwargs):
@@ -12,4 +13,4 @@ def load(*args, **kwargs):
 
 
 load.__doc__ = "See chat.engine.load."
-__all__ = ["load"]
+__all__ = ["load", "GenerationSettings"]

@@ -24,7 +24,7 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
 
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     """The chat's decoding defaults (GenerationSettings), each overridable; --greedy for plain greedy."""
-    from chat.generate import GenerationSettings
+    from chat.steer.settings import GenerationSettings
 
     d = GenerationSettings()
     p.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens)
@@ -39,7 +39,7 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 def _generation(args) -> dict:
     """GenerationSettings fields from the command line (unset ones keep the defaults)."""
-    from chat.generate import GenerationSettings
+    from chat.steer.settings import GenerationSettings
 
     base = GenerationSettings.greedy() if args.greedy else GenerationSettings()
     chosen = {"max_new_tokens": args.max_new_tokens, "seed": args.seed, "temperature": args.temperature,
@@ -108,16 +108,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _engine(args):
+def _engine(args, catalog=None):
+    import transformers
+
     from chat.engine import load
 
-    return load(args.model, args.dictionary, args.layer, device=args.device, allow_pickle=args.allow_pickle)
+    transformers.utils.logging.disable_progress_bar()  # the JSON contract: nothing but results and one-line errors
+    return load(args.model, args.dictionary, args.layer, device=args.device, allow_pickle=args.allow_pickle,
+                catalog=catalog)
+
+
+def _resolve_names(args, steer: dict[str, float]):
+    """Feature names resolved against the catalog before the model loads, so a name that matches
+    nothing fails in a second, not after a full start. Returns (catalog or None, {id: strength})."""
+    from chat.steer.steering import SteeringError
+
+    if all(key.strip().isdecimal() for key in steer):
+        return None, {int(key): s for key, s in steer.items()}
+    from chat.engine import load_catalog
+
+    catalog = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle)
+    resolved: dict[int, float] = {}
+    for key, strength in steer.items():
+        fid = catalog.resolve(key)
+        if fid in resolved:
+            raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
+        resolved[fid] = strength
+    return catalog, resolved
 
 
 def cmd_reply(args) -> None:
-    from chat.steering import MODES, SteeringError, parse_steer_items
+    from chat.steer.steering import MODES, SteeringError, parse_steer_items
 
-    from chat.concept import parse_concept
+    from chat.steer.concept import parse_concept
 
     steer = parse_steer_items(args.steer)  # fail fast, before loading the model
     if args.mode not in MODES:
@@ -126,7 +149,8 @@ def cmd_reply(args) -> None:
         parse_concept(text)
     if args.concept and steer and args.mode != "add":
         raise SteeringError("--concept steers in add mode; it cannot join --steer with --mode clamp")
-    engine = _engine(args)
+    catalog, steer = _resolve_names(args, steer)
+    engine = _engine(args, catalog)
     steer = engine.steering(steer, args.mode)
     if args.concept:
         strengths = dict(steer.strengths)
@@ -163,7 +187,7 @@ def _concept_progress(args):
 
 
 def cmd_concept(args) -> None:
-    from chat.concept import parse_concept
+    from chat.steer.concept import parse_concept
 
     parse_concept(args.concept)  # fail fast, before loading the model
     engine = _engine(args)
@@ -214,7 +238,8 @@ def cmd_encode(args) -> None:
     if args.json:
         print(json.dumps({
             "tokens": enc.tokens,
-            "features": [[{"id": i, "activation": round(a, 4)} for i, a in row] for row in per_token],
+            "features": [[{"id": i, "label": engine.catalog.label(i), "activation": round(a, 4)} for i, a in row]
+                         for row in per_token],
         }, ensure_ascii=False))
         return
     for token, row in zip(enc.tokens, per_token):
@@ -223,8 +248,8 @@ def cmd_encode(args) -> None:
 
 
 def cmd_chat_bench(args) -> None:
-    from chat import chat_bench
-    from chat.generate import GenerationSettings
+    from chat.measure import chat_bench
+    from chat.steer.settings import GenerationSettings
 
     settings = GenerationSettings.greedy() if args.greedy else GenerationSettings()
     progress = None if args.json else (lambda msg: print(msg, file=sys.stderr))
@@ -238,8 +263,8 @@ def cmd_chat_bench(args) -> None:
 
 
 def cmd_concept_bench(args) -> None:
-    from chat import concept_bench
-    from chat.concept import CONCEPTS_FILE
+    from chat.measure import concept_bench
+    from chat.steer.concept import CONCEPTS_FILE
 
     engine = _engine(args)
     rows = concept_bench.run(engine, progress=None if args.json else (lambda msg: print(msg, file=sys.stderr)))
@@ -256,7 +281,7 @@ def cmd_concept_bench(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from chat.bench import Settings, run, table
+    from chat.measure.bench import Settings, run, table
 
     if args.chat and args.concepts:
         raise ValueError("--chat and --concepts are two benchmarks; pick one")
@@ -287,7 +312,7 @@ def cmd_bench(args) -> None:
 
 
 def cmd_check(args) -> int:
-    from chat.check import load_spec, run_spec, table
+    from chat.measure.check import load_spec, run_spec, table
 
     spec = load_spec(args.spec)  # fail fast, before loading the model
     args.model = args.model or spec.model
@@ -295,18 +320,35 @@ def cmd_check(args) -> int:
     args.layer = args.layer if args.layer is not None else spec.layer
     engine = _engine(args)
     if args.vs_prompting:
-        from chat import versus
+        from chat.measure import versus
 
         rows = versus.versus(engine, spec, progress=None if args.json else lambda r: print(r.concept, file=sys.stderr))
         print(json.dumps([r.summary() for r in rows], ensure_ascii=False) if args.json else versus.table(rows))
         return 0
-    progress = None if args.json else (lambda r: print(f"{'ok  ' if r.passed else 'FAIL'} {r.name}", file=sys.stderr))
+    progress = None if args.json else _check_progress(len(spec.cases))
     results = run_spec(engine, spec, progress=progress)
     if args.json:
         print(json.dumps([r.summary() for r in results], ensure_ascii=False))
     else:
         print(table(results))
     return 0 if all(r.passed for r in results) else 1
+
+
+def _check_progress(total: int):
+    """`[3/150, ~12 min left] ok  name` on stderr after each case: a spec can take many minutes."""
+    import time
+
+    started, done = time.monotonic(), 0
+
+    def say(result) -> None:
+        nonlocal done
+        done += 1
+        left = (time.monotonic() - started) / done * (total - done)
+        eta = f"~{left / 60:.0f} min left" if left >= 90 else f"~{left:.0f} s left"
+        print(f"[{done}/{total}, {eta if done < total else 'done'}] {'ok  ' if result.passed else 'FAIL'} {result.name}",
+              file=sys.stderr, flush=True)
+
+    return say
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,9 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        import transformers
-
-        transformers.utils.logging.disable_progress_bar()
         commands = {"reply": cmd_reply, "concept": cmd_concept, "search": cmd_search, "encode": cmd_encode, "check": cmd_check,
                     "bench": cmd_bench}
         return commands[args.command](args) or 0

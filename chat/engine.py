@@ -24,13 +24,14 @@ from typing import Callable, Mapping
 import torch
 from torch import Tensor
 
-from chat.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptError, find, parse_concept, related, user_file
-from chat.generate import GenerationSettings, Reply, ReplyStream, generate
-from chat.hooks import Recorder, StopForward, attach
-from chat.loops import bad_reply
-from chat.models import LoadedModel, load_model
-from chat.prompt import Prompt, PromptError, build_prompt, clean_text
-from chat.steering import FeatureSteerer, Steering, SteeringError
+from chat.steer.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptError, find, parse_concept, related, user_file
+from chat.steer.generate import Reply, ReplyStream, generate
+from chat.steer.settings import GenerationSettings
+from chat.steer.hooks import Recorder, StopForward, attach
+from chat.steer.loops import bad_reply
+from chat.runtime.models import LoadedModel, load_model
+from chat.steer.prompt import Prompt, PromptError, build_prompt, clean_text
+from chat.steer.steering import FeatureSteerer, Steering, SteeringError
 from features import formats, neuronpedia
 from features.catalog import Catalog, Feature, neighbours
 from features.dictionary import Dictionary, DictionaryError
@@ -158,7 +159,7 @@ class Engine:
     def concept(self, concept: str, scale: float | None = None,
                 progress: Callable[[float, str], None] | None = None) -> Concept:
         """Ready steering toward `concept` ("ocean", or "ocean=2" for twice the measured strength):
-        features, mode and strengths chosen by a measured search (chat/concept.py, ~15 s the
+        features, mode and strengths chosen by a measured search (chat/steer/concept.py, ~15 s the
         first time, then cached). A negative scale pushes the same features the other way, to
         keep the concept out. ConceptError (one line) when no feature writes it."""
         word, parsed = parse_concept(concept)
@@ -272,13 +273,14 @@ def load_catalog(model: str | Path | None = None, dictionary: str | Path | None 
 
 def load(model: str | Path | None = None, dictionary: str | Path | None = None, layer: int | None = None,
          *, device: str | None = None, allow_pickle: bool = False, lm: LoadedModel | None = None,
-         progress: Callable[[str], None] | None = None) -> Engine:
+         progress: Callable[[str], None] | None = None, catalog: Catalog | None = None) -> Engine:
     """Load a model and a dictionary into an Engine.
 
     model: None (embedded Gemma 3 270M), a hub id or a local folder. dictionary: a local path
     or `owner/repo/sub/folder` on the hub; None uses assets/dictionary for the embedded model
     and otherwise a clearly labelled random placeholder. layer: overrides the dictionary's own.
-    `lm` reuses an already loaded model (tests, several dictionaries on one model).
+    `lm` reuses an already loaded model (tests, several dictionaries on one model); `catalog`, the
+    catalog `load_catalog` gave for the same model and dictionary (the CLI resolves names first).
     A dictionary without labels gets Neuronpedia's where it maps to a source (fetched once and
     cached; `progress` hears about each batch, default stderr); `status()` says where labels
     came from, or that the features are unnamed and how to name them.
@@ -294,6 +296,7 @@ def load(model: str | Path | None = None, dictionary: str | Path | None = None, 
     layer = d.hook_layer if layer is None else layer
     if layer is None:
         raise DictionaryError(f"dictionary {str(dictionary)!r} does not say which layer it reads; pass a layer")
-    catalog = Catalog.load(folder, d.d_sae, key=d.fingerprint())
-    neuronpedia.name_catalog(catalog, d.cfg, folder, ref=dictionary, model=model, progress=progress)
+    if catalog is None or catalog.d_sae != d.d_sae:
+        catalog = Catalog.load(folder, d.d_sae, key=d.fingerprint())
+        neuronpedia.name_catalog(catalog, d.cfg, folder, ref=dictionary, model=model, progress=progress)
     return Engine(lm, d, catalog, layer, str(dictionary), folder)

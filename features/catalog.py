@@ -40,6 +40,9 @@ from typing import Iterator, Sequence
 
 import torch
 
+from features.errors import FeatureNotFound  # noqa: F401 - raised here, and imported from here
+from features.paths import home_dir
+
 FORMAT = "steerchat-features/1"
 FILENAME = "features.json"
 MAX_LABEL_CHARS = 200
@@ -95,10 +98,6 @@ class Feature:
         return bool(self.label or self.curated or self.examples or self.top_tokens or self.extra
                     or self.strengths or self.steerability is not None
                     or self.max_activation is not None or self.density is not None)
-
-
-class FeatureNotFound(LookupError):
-    """No feature for an id or a name; the message says so in one line."""
 
 
 class Catalog:
@@ -557,8 +556,7 @@ def _parse_feature(row: object, d_sae: int, where: str) -> Feature:
 def _renames_file(key: str) -> Path:
     if not re.fullmatch(r"[\w.-]+", key):
         raise ValueError(f"a catalog key must be letters, digits, '.', '-' or '_', got {key!r}")
-    home = os.environ.get("STEERCHAT_HOME") or Path.home() / ".config" / "steerchat"
-    return Path(home) / "renames" / f"{key}.json"
+    return home_dir() / "renames" / f"{key}.json"
 
 
 def _read_renames(path: Path) -> dict[int, str]:

@@ -25,6 +25,8 @@ import urllib.request
 from pathlib import Path
 from typing import Callable
 
+from features.paths import cache_dir
+
 DEFAULT_URL = "https://neuronpedia-datasets.s3.us-east-1.amazonaws.com"
 URL_ENV = "STEERCHAT_NEURONPEDIA_URL"
 TIMEOUT_S = 30
@@ -103,13 +105,9 @@ def base_url() -> str | None:
 
 
 def cache_file(np_id: str) -> Path:
-    """The cached explanations of one source (the same rule as chat.models.cache_dir)."""
+    """The cached explanations of one source, under features.paths.cache_dir()."""
     model, source = _split(np_id)
-    if os.environ.get("STEERCHAT_CACHE"):
-        root = Path(os.environ["STEERCHAT_CACHE"])
-    else:
-        root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "steerchat"
-    return root / "neuronpedia" / model / source / "explanations.jsonl.gz"
+    return cache_dir() / "neuronpedia" / model / source / "explanations.jsonl.gz"
 
 
 def fetch_explanations(np_id: str, *, progress: Callable[[str], None] | None = None,

@@ -9,7 +9,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 import pytest
 import torch
 
-from chat.models import LoadedModel, decoder_layers
+from chat.runtime.models import LoadedModel, decoder_layers
 
 CORPUS = [
     "The Golden Gate Bridge is in San Francisco. Bridges cross rivers and bays.",

@@ -10,7 +10,7 @@ import gradio as gr
 import pytest
 
 from app_helpers import BRIDGE, DECEPTION, DOGS, always_firing, serve, tiny_catalog, tiny_engine
-from chat.models import ModelLoadError
+from chat.errors import ModelLoadError
 from chat.ui import fired as fd
 from chat.ui import steer_state as st
 from chat.ui.chat_panel import ChatHandlers, RunControl
@@ -214,7 +214,7 @@ def test_steering_panel_handlers(engine):
 
 
 def test_concept_box_fills_the_sliders(engine):
-    from chat.concept import Concept, ConceptError
+    from chat.steer.concept import Concept, ConceptError
 
     engine.concepts.put(Concept("rain", "add", ((DOGS, 2.5), (BRIDGE, 1.0)), (0.75, 1.0), 1.0, 1.2, ("rain",)))
     steer = SteerHandlers(EngineLoader.ready(engine))
@@ -224,14 +224,19 @@ def test_concept_box_fills_the_sliders(engine):
     assert "rain" in note and "100%" in note
     rows = steer.concept("rain=-1", [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)], "clamp", 3.0)[0]
     assert [(r.id, r.strength) for r in rows] == [(DOGS, -2.5), (BRIDGE, -1.0)]  # clamp rows give way
-    with pytest.raises(gr.Error, match="empty"):
-        steer.concept("  ", [], "add")
+    # A malformed request is said in one line (a warning and the note), and loses nothing: no
+    # Error badges on the mode and the note, the rows kept.
+    view = steer.concept("cars=abc", kept := [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)], "clamp", 2.0)
+    assert [(r.id, r.strength) for r in view[0]] == [(BRIDGE, 2.0)] and view[-2] == "clamp"
+    assert view[-1].startswith("**Not steered:**") and "abc" in view[-1]
+    assert steer.concept("  ", [], "add")[-1].startswith("**Not steered:**")
+    assert steer.reset()[-1] == "" and steer.remove(0, kept, 2.0)[-1] == ""  # no stale note
     # A word nothing writes is an answer, not a failure: said in the note, the rows and mode kept.
     engine.concepts.put(ConceptError("no feature of this dictionary makes the model say 'zzz'"), "zzz")
     kept = [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)]
     view = steer.concept("zzz", kept, "clamp", 2.0)
     assert [(r.id, r.strength) for r in view[0]] == [(BRIDGE, 2.0)] and view[-2] == "clamp"
-    assert view[-1].startswith("⚠ no feature of this dictionary makes the model say 'zzz'")
+    assert view[-1].startswith("**Not steered:** no feature of this dictionary makes the model say 'zzz'")
 
 
 def test_rename_is_saved_and_found_later(tiny_lm):
@@ -288,14 +293,14 @@ def test_errors_become_one_line_gr_errors():
 
 def test_loader_falls_back_to_the_default_and_says_why(monkeypatch):
     import chat.engine
-    import chat.models
+    import chat.runtime.models
 
-    def load_model(ref, device=None):
+    def load_model(ref, device=None, progress=None):
         if ref is not None:
             raise ModelLoadError(f"cannot load model {ref!r}: offline")
         return "embedded"
 
-    monkeypatch.setattr(chat.models, "load_model", load_model)
+    monkeypatch.setattr(chat.runtime.models, "load_model", load_model)
     monkeypatch.setattr(chat.engine, "load", lambda *a, lm=None, **k: type("E", (), {"status": lambda s: "ok"})())
     loader = EngineLoader("google/gemma-3-270m-it", "google/gemma-scope-2-270m-it/x")
     loader.start()
@@ -351,7 +356,7 @@ def test_stable_endpoints(client):
 def test_concept_endpoint_gives_steering_that_generate_takes_unchanged(client, engine):
     from gradio_client.exceptions import AppError
 
-    from chat.concept import Concept
+    from chat.steer.concept import Concept
 
     engine.concepts.put(Concept("ocean", "add", ((DOGS, 2.0),), (1.0, 1.5), 0.75, 1.1, ("ocean",)))
     ocean = client.predict("ocean", api_name="/concept")

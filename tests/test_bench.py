@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.bench import Settings, run, table
+from chat.measure.bench import Settings, run, table
 from chat.cli import main
 from features import formats
 from features.dictionary import Dictionary
@@ -51,9 +51,9 @@ def test_bench_measures_everything(tiny_model_dir, dictionary_dir):
 
 
 def test_bench_cli_json(tiny_model_dir, dictionary_dir, monkeypatch, capsys):
-    import chat.bench
+    import chat.measure.bench
 
-    monkeypatch.setattr(chat.bench.Settings, "quick", classmethod(lambda cls: TINY))
+    monkeypatch.setattr(chat.measure.bench.Settings, "quick", classmethod(lambda cls: TINY))
     assert main(["bench", "--quick", "--json", "--model", str(tiny_model_dir), "--dictionary", str(dictionary_dir)]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {"rows", "machine", "settings", "details"} <= set(data) and data["settings"]["tokens"] == 4
@@ -65,7 +65,7 @@ def test_bench_cli_json(tiny_model_dir, dictionary_dir, monkeypatch, capsys):
 def test_embedded_tokenizer_equals_auto_tokenizer():
     from transformers import AutoTokenizer
 
-    from chat.models import _embedded_tokenizer, embedded_model_dir
+    from chat.runtime.models import _embedded_tokenizer, embedded_model_dir
 
     folder = embedded_model_dir()
     fast, auto = _embedded_tokenizer(folder), AutoTokenizer.from_pretrained(folder)
@@ -91,8 +91,8 @@ def test_chat_bench_counts_loops_and_facts(tiny_lm):
     """The chat benchmark on the tiny model: every reply is counted and classified, and the
     summary's rates are the counts' shares."""
     from app_helpers import tiny_engine
-    from chat import chat_bench
-    from chat.generate import GenerationSettings
+    from chat.measure import chat_bench
+    from chat.steer.settings import GenerationSettings
 
     res = chat_bench.run(tiny_engine(tiny_lm), GenerationSettings.greedy(max_new_tokens=6))
     n = len(chat_bench.FACTUAL) + len(chat_bench.OPEN) + sum(map(len, chat_bench.CONVERSATIONS))

@@ -110,7 +110,7 @@ def test_steer_toward_a_concept_fills_the_sliders(app):
     from playwright.sync_api import expect
 
     from app_helpers import DOGS
-    from chat.concept import Concept, ConceptError
+    from chat.steer.concept import Concept, ConceptError
 
     page, engine = app
     engine.concepts.put(Concept("ocean", "add", ((DOGS, 2.5),), (1.0, 1.0), 0.75, 1.1, ("ocean",)))

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from chat.check import parse_spec
-from chat.generate import GenerationSettings, _NoRepeatNGram, _ReplyRepetitionPenalty
-from chat.loops import bad_reply, loops, trim
-from chat.prompt import CHAT_EXAMPLES, build_prompt, sanitise_history
+from chat.measure.check import parse_spec
+from chat.steer.generate import _NoRepeatNGram, _ReplyRepetitionPenalty
+from chat.steer.settings import GenerationSettings
+from chat.steer.loops import bad_reply, loops, trim
+from chat.steer.prompt import CHAT_EXAMPLES, build_prompt, sanitise_history
 
 MARINE = "Well, I'm a marine biologist. I'm a marine biologist. I'm a marine biologist. I'm a marine"
 

@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from chat import metrics
-from chat.generate import GenerationSettings
-from chat.check import SpecError, load_spec, parse_spec, run_case, run_spec, table
+from chat.measure import metrics
+from chat.steer.settings import GenerationSettings
+from chat.measure.check import SpecError, load_spec, parse_spec, run_case, run_spec, table
 from chat.cli import main
 from chat.engine import Engine
 from features.catalog import Catalog, Feature
@@ -154,8 +154,8 @@ def test_cli_check_exit_codes(tmp_path, capsys, monkeypatch, engine):
 
 @pytest.mark.parametrize("steer", [None, {5: 6.0}, {9: 3.0}])
 def test_batched_replies_equal_one_at_a_time(engine, steer):
-    from chat.batch import replies
-    from chat.steering import Steering
+    from chat.steer.batch import replies
+    from chat.steer.steering import Steering
 
     mode = "clamp" if steer and 9 in steer else "add"
     steering = Steering(steer or {}, mode=mode)
@@ -168,7 +168,7 @@ def test_batched_replies_equal_one_at_a_time(engine, steer):
 
 
 def test_versus_prompting_scores_both_ways_on_the_same_prompts(engine, capsys, monkeypatch, tmp_path):
-    from chat import versus
+    from chat.measure import versus
 
     s = parse_spec(spec(strength=0.0, terms=["zebra"], min_concept_rate=0.0))
     (row,) = versus.versus(engine, s)
@@ -183,7 +183,7 @@ def test_versus_prompting_scores_both_ways_on_the_same_prompts(engine, capsys, m
 
 
 def test_versus_prompting_compares_each_feature_and_concept_once(engine, monkeypatch):
-    from chat import versus
+    from chat.measure import versus
 
     cases = [{"feature": "bridge", "strength": 0.0, "terms": ["zebra"], "mode": "add", "min_concept_rate": 0.0},
              {"feature": "bridge", "strength": 0.0, "terms": ["zebra"], "mode": "clamp", "min_concept_rate": 0.0},

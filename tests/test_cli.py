@@ -68,7 +68,8 @@ def test_encode_json(run, tiny_lm):
     data = json.loads(out)
     assert data["tokens"] == [tiny_lm.tokenizer.decode([t]) for t in tiny_lm.tokenizer.encode(text, add_special_tokens=False)]
     assert len(data["features"]) == len(data["tokens"])
-    assert all(len(row) <= 3 and all(set(f) == {"id", "activation"} for f in row) for row in data["features"])
+    assert all(len(row) <= 3 and all(set(f) == {"id", "label", "activation"} for f in row) for row in data["features"])
+    assert all(isinstance(f["label"], str) and f["label"] for row in data["features"] for f in row)
 
 
 @pytest.mark.parametrize("args,match", [
@@ -116,7 +117,7 @@ def test_python_dash_m(tiny_model_dir, tiny_dictionary_dir):
 
 def test_reply_uses_the_shared_defaults_and_greedy_on_request(run, tiny_model_dir, tiny_dictionary_dir):
     from chat.engine import load
-    from chat.generate import GenerationSettings
+    from chat.steer.settings import GenerationSettings
 
     engine = load(str(tiny_model_dir), str(tiny_dictionary_dir))
     text = lambda *a: json.loads(run("reply", "Hello there", "--max-new-tokens", "24", "--json", *a)[1])["text"]
@@ -124,3 +125,23 @@ def test_reply_uses_the_shared_defaults_and_greedy_on_request(run, tiny_model_di
     assert text("--greedy") == engine.reply("Hello there", settings=GenerationSettings.greedy(), max_new_tokens=24).text
     assert text("--repetition-penalty", "2") == engine.reply("Hello there", repetition_penalty=2.0,
                                                              max_new_tokens=24).text
+
+
+def test_a_name_that_matches_nothing_fails_before_the_model_loads(run, monkeypatch):
+    import chat.engine
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(chat.engine, "load", load)
+    code, _, err = run("reply", "hi", "--steer", "zebra crossing=2")
+    assert code == 2 and "no feature matches 'zebra crossing'" in err
+
+
+def test_the_parser_imports_nothing_heavy():
+    """`python -m chat` builds its parser (and says what is wrong with the arguments) without
+    importing transformers or torch."""
+    done = subprocess.run([sys.executable, "-c", "import sys, chat.cli; chat.cli.build_parser(); "
+                           "print(sorted(m for m in ('torch', 'transformers', 'gradio') if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "[]", done.stderr

@@ -1,4 +1,4 @@
-"""Concept steering (chat/concept.py): parsing, the value, the cache, the search's parts on a
+"""Concept steering (chat/steer/concept.py): parsing, the value, the cache, the search's parts on a
 tiny model, and its surfaces (Python API, CLI, /concept, the app's rows)."""
 from __future__ import annotations
 
@@ -8,14 +8,14 @@ import time
 import pytest
 import torch
 
-from chat import batch
-from chat.batch import RowSteerer, replies
-from chat.concept import (CONFIRM_RATIOS, FORMAT, PAIR_RATIOS, Concept, ConceptCache, ConceptError, _confirmations,
+from chat.steer import batch
+from chat.steer.batch import RowSteerer, replies
+from chat.steer.concept import (CONFIRM_RATIOS, FORMAT, PAIR_RATIOS, Concept, ConceptCache, ConceptError, _confirmations,
                           concept_terms, find, mention_rate, parse_concept, reading_profile, user_file)
 from chat.engine import Engine
-from chat.generate import GenerationSettings
-from chat.metrics import perplexities, perplexity
-from chat.steering import FeatureSteerer, Steering, SteeringError
+from chat.steer.settings import GenerationSettings
+from chat.measure.metrics import perplexities, perplexity
+from chat.steer.steering import FeatureSteerer, Steering, SteeringError
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 
@@ -221,7 +221,7 @@ def test_add_concept_rows_fill_the_panel():
 
 
 def test_concept_benchmark_rows_and_table(engine, monkeypatch):
-    from chat import concept_bench
+    from chat.measure import concept_bench
 
     def fake_find(eng, word, progress=None):
         if word == "anger":
@@ -243,7 +243,7 @@ def test_concept_benchmark_rows_and_table(engine, monkeypatch):
 def test_a_concept_nothing_writes_points_to_related_ones_that_work(engine, tmp_path):
     """anger has no writer in the embedded dictionary; its error names the nearest concepts (by
     WordNet's noun hierarchy) that do work there, and never an unrelated one."""
-    from chat.concept import related
+    from chat.steer.concept import related
 
     shipped = tmp_path / "concepts.json"
     rows = {w: Concept(w, "add", ((5, 1.0),), (1.0, 1.0), 1.0, 1.0, (w,)).to_json() for w in ("love", "sadness", "ocean")}

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from chat.engine import Engine
-from chat.metrics import concept_token_ids
+from chat.measure.metrics import concept_token_ids
 from features.pipeline import curate
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
@@ -129,7 +129,7 @@ def test_given_candidates_replace_the_search(tiny_lm, monkeypatch):
 def test_spec_cases_check_the_strength_in_the_band_where_most_replies_named_the_concept():
     import tomllib
 
-    from chat.check import parse_spec
+    from chat.measure.check import parse_spec
 
     pick = {"name": "snow", "chosen": 4, "terms": ["snow"], "add": [1.0, 3.0], "clamp": [2.0, 2.0],
             "tried": [{"feature": 9, "add": [[1.0, 1.0, 1.0, []]]},  # another candidate's sweep

@@ -6,7 +6,7 @@ import json
 import torch
 
 from chat.engine import Engine
-from chat.generate import GenerationSettings
+from chat.steer.settings import GenerationSettings
 from features.pipeline import discover
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary

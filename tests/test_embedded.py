@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from chat.engine import load
-from chat.models import embedded_model_dir, load_model
+from chat.runtime.models import embedded_model_dir, load_model
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_second_load_uses_the_cache():
 def test_presets_show_steering_on_the_default_settings(engine):
     """Each shipped preset, sent as the app sends it: the steered reply shows its concept (or, for
     a suppression, avoids it) where the unsteered reply does not (does)."""
-    from chat import metrics
+    from chat.measure import metrics
     from chat.ui import steer_state as st
 
     presets = st.presets_for(engine.catalog, engine.folder)
@@ -95,7 +95,7 @@ def test_presets_show_steering_on_the_default_settings(engine):
 
 def test_first_three_messages_get_sensible_different_answers(engine):
     """A newcomer's first messages on the default settings: no loop, no repeat, Paris named."""
-    from chat.loops import bad_reply
+    from chat.steer.loops import bad_reply
 
     history, replies = [], []
     for message in ("Hi! What can you tell me about the ocean?", "What is the capital of France?",
@@ -109,11 +109,11 @@ def test_first_three_messages_get_sensible_different_answers(engine):
 
 
 def test_shipped_concepts_answer_without_a_search_and_steer_the_reply(engine, monkeypatch):
-    """The embedded dictionary ships its measured concepts (chat/concept_bench.py --ship): they
+    """The embedded dictionary ships its measured concepts (chat/measure/concept_bench.py --ship): they
     answer from the file, and ocean (which the issue names) and fire steer replies to prompts the
     search never saw toward the concept, which the unsteered replies do not mention."""
-    from chat.concept import ConceptError, mention_rate
-    from chat.concept_bench import CONCEPTS
+    from chat.steer.concept import ConceptError, mention_rate
+    from chat.measure.concept_bench import CONCEPTS
 
     def no_search(*args, **kwargs):
         raise AssertionError("a shipped concept was searched again")

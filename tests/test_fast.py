@@ -1,4 +1,4 @@
-"""The int8 fast path (chat/quant.py, chat/gemma_block.py, chat/fast.py) on a tiny Gemma 3 built
+"""The int8 fast path (chat/runtime/quant.py, chat/runtime/gemma_block.py, chat/runtime/fast.py) on a tiny Gemma 3 built
 from a config: it computes what transformers computes, steering on it stays exact, and one flag
 ($STEERCHAT_FAST) chooses it."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 from chat.engine import Engine
-from chat.gemma_block import LeanGemma3Block
-from chat.fast import cache_file, make_fast
-from chat.models import LoadedModel, decoder_layers, load_model
-from chat.quant import Int8Linear, dynamic_available, int8_rows
+from chat.runtime.gemma_block import LeanGemma3Block
+from chat.runtime.fast import cache_file, make_fast
+from chat.runtime.models import LoadedModel, decoder_layers, load_model
+from chat.runtime.quant import Int8Linear, dynamic_available, int8_rows
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 
@@ -25,7 +25,7 @@ def fast_lm(tiny_lm, tmp_path_factory) -> LoadedModel:
     model = copy.deepcopy(tiny_lm.model)
     layers = decoder_layers(model)
     with pytest.MonkeyPatch.context() as mp:  # its cache file, away from the user's
-        mp.setenv("STEERCHAT_HOME", str(tmp_path_factory.mktemp("fast-home")))
+        mp.setenv("STEERCHAT_CACHE", str(tmp_path_factory.mktemp("fast-cache")))
         make_fast(model, layers, tiny_lm.tokenizer)
     return LoadedModel(model=model, tokenizer=tiny_lm.tokenizer, name="tiny-gemma3 int8", layers=layers,
                        weights="int8")
@@ -184,10 +184,15 @@ def test_one_flag_chooses_the_path(tiny_model_dir, monkeypatch):
     assert load_model(str(tiny_model_dir), fast=True).weights == "int8"  # the argument wins
 
 
-def test_quantised_form_is_cached_and_reused(tiny_lm, monkeypatch):
+def test_quantised_form_is_cached_and_reused(tiny_lm, monkeypatch, tmp_path):
     """The first load writes the int8 rows, scales and smoothing; the next reads them back (no
     calibration pass) and decodes identically. A damaged file is ignored and rewritten."""
-    import chat.quant
+    import chat.runtime.quant
+
+    from chat.runtime import kernels
+
+    kernels.ops()  # loaded (once a process) from the usual cache, not built again in this test's
+    monkeypatch.setenv("STEERCHAT_CACHE", str(tmp_path / "cache"))
 
     def fresh():
         model = copy.deepcopy(tiny_lm.model)
@@ -196,7 +201,7 @@ def test_quantised_form_is_cached_and_reused(tiny_lm, monkeypatch):
 
     model, layers = fresh()
     path = cache_file(model)
-    assert not path.exists()  # STEERCHAT_HOME is per test (conftest), so is the cache
+    assert not path.exists()  # a cache folder of this test's own
     make_fast(model, layers, tiny_lm.tokenizer)
     assert path.exists()
     ids = torch.tensor([tiny_lm.tokenizer(PROMPT).input_ids[:1]])
@@ -204,8 +209,8 @@ def test_quantised_form_is_cached_and_reused(tiny_lm, monkeypatch):
         first = model(input_ids=ids).logits
 
     calls = []
-    measure = chat.quant.input_ranges
-    monkeypatch.setattr(chat.quant, "input_ranges", lambda *a: calls.append(a) or {})
+    measure = chat.runtime.quant.input_ranges
+    monkeypatch.setattr(chat.runtime.quant, "input_ranges", lambda *a: calls.append(a) or {})
     again, layers2 = fresh()
     make_fast(again, layers2, tiny_lm.tokenizer)
     assert not calls  # read from the cache: no calibration
@@ -214,7 +219,7 @@ def test_quantised_form_is_cached_and_reused(tiny_lm, monkeypatch):
     for name, lin in ((n, m) for n, m in again.named_modules() if isinstance(m, Int8Linear)):
         assert lin.dynamic == model.get_submodule(name).dynamic
 
-    monkeypatch.setattr(chat.quant, "input_ranges", measure)
+    monkeypatch.setattr(chat.runtime.quant, "input_ranges", measure)
     path.write_bytes(b"not safetensors")
     third, layers3 = fresh()
     make_fast(third, layers3, tiny_lm.tokenizer)
@@ -246,12 +251,12 @@ def test_head_recomputes_its_top_outputs_exactly(fast_lm, tiny_lm):
 
 
 def test_head_is_weight_only_where_the_compiled_ops_exist(tiny_lm, monkeypatch):
-    """With chat/kernels.cpp built, the head reads int8 rows through int8_gemv (nothing to pack
+    """With chat/runtime/kernels.cpp built, the head reads int8 rows through int8_gemv (nothing to pack
     at load); without it, fbgemm's dynamic kernel on smoothed inputs. The two keep separate
     cache files, and each decodes close to the full head."""
-    import chat.kernels
+    import chat.runtime.kernels
 
-    if chat.kernels.ops() is None:
+    if chat.runtime.kernels.ops() is None:
         pytest.skip("no C++ compiler: the head is dynamic, as tested below")
     ids = torch.tensor([tiny_lm.tokenizer(PROMPT).input_ids[:1]])  # one row: the int8 head
     with torch.inference_mode():
@@ -259,7 +264,7 @@ def test_head_is_weight_only_where_the_compiled_ops_exist(tiny_lm, monkeypatch):
     heads, files = {}, {}
     for mode in ("weight-only", "dynamic"):
         if mode == "dynamic":
-            monkeypatch.setattr(chat.kernels, "ops", lambda: None)
+            monkeypatch.setattr(chat.runtime.kernels, "ops", lambda: None)
         model = copy.deepcopy(tiny_lm.model)
         files[mode] = cache_file(model)
         make_fast(model, decoder_layers(model), tiny_lm.tokenizer)

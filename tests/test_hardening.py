@@ -23,11 +23,12 @@ import torch
 from safetensors.torch import save_file
 
 import chat.cli
+import chat.engine
 from chat.cli import main
 from chat.engine import load
 from chat.errors import USER_ERRORS
-from chat.generate import GenerationError
-from chat.steering import MAX_STRENGTH
+from chat.errors import GenerationError
+from chat.steer.steering import MAX_STRENGTH
 from features import formats
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary, DictionaryError
@@ -174,7 +175,8 @@ def cli_args(case: Case) -> list[str]:
 @pytest.fixture
 def cli(engine, monkeypatch, capsys):
     """main() in process, with the corpus engine instead of loading one per call."""
-    monkeypatch.setattr(chat.cli, "_engine", lambda args: engine)
+    monkeypatch.setattr(chat.cli, "_engine", lambda args, catalog=None: engine)
+    monkeypatch.setattr(chat.engine, "load_catalog", lambda *args, **kwargs: engine.catalog)  # names resolve first
 
     def run(case: Case) -> Outcome:
         code = main(cli_args(case))

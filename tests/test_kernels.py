@@ -1,4 +1,4 @@
-"""The fast path's single-row CPU kernels (chat/kernels.cpp): each computes what the torch calls
+"""The fast path's single-row CPU kernels (chat/runtime/kernels.cpp): each computes what the torch calls
 it replaces compute, built once and loaded from the cache afterwards."""
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from chat import kernels
-from chat.gemma_block import LeanGemma3Block
-from chat.models import decoder_layers
-from chat.quant import Int8Linear, int8_rows
+from chat.runtime import kernels
+from chat.runtime.gemma_block import LeanGemma3Block
+from chat.runtime.models import decoder_layers
+from chat.runtime.quant import Int8Linear, int8_rows
 
 pytestmark = pytest.mark.skipif(kernels.ops() is None, reason="no C++ compiler: the fast path keeps torch's calls")
 G = torch.Generator().manual_seed(0)

@@ -7,9 +7,10 @@ import shutil
 import pytest
 import torch
 
-import chat.models as models
+import chat.runtime.models as models
 from chat.engine import Engine, load
-from chat.models import ModelLoadError, load_model, pick_dtype
+from chat.errors import ModelLoadError
+from chat.runtime.models import load_model, pick_dtype
 from features import formats
 from features.catalog import Catalog
 from features.dictionary import Dictionary, DictionaryError

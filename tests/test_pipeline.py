@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from chat.check import load_spec
+from chat.measure.check import load_spec
 from features.pipeline.corpus import documents, is_heldout, pack, pieces, split_pieces
 from features.dictionary import Dictionary
 from features.pipeline.evaluate import evaluate

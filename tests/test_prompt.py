@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from chat.prompt import CHAT_STOPS, TRANSCRIPT_STOPS, PromptError, build_prompt, reply_length
+from chat.steer.prompt import CHAT_STOPS, TRANSCRIPT_STOPS, PromptError, build_prompt, reply_length
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_a_blank_line_after_the_first_words_ends_a_chat_reply(tok):
     # The generation loop's stopping criterion follows the same rule.
     import torch
 
-    from chat.generate import _StopStrings
+    from chat.steer.generate import _StopStrings
 
     prompt = tok.encode("User: Hi\nAssistant:")
     stop = _StopStrings(tok, len(prompt), CHAT_STOPS)

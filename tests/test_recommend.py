@@ -37,7 +37,7 @@ def test_a_row_is_the_real_steered_forward(tiny_lm):
     (share,) = recommend.changed(engine, seq, [5], [4.0])
     ids = torch.tensor([seq])
     delta = 4.0 * engine.max_acts[5] * engine.dictionary.directions([5])[0]
-    from chat.hooks import on_output
+    from chat.steer.hooks import on_output
 
     keep = tiny_lm.content_mask(ids).unsqueeze(-1)
     with torch.inference_mode():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from chat.check import Baselines, load_spec, run_case, table
+from chat.measure.check import Baselines, load_spec, run_case, table
 
 SPECS = sorted((Path(__file__).resolve().parents[1] / "assets" / "specs").glob("*.toml"))
 CASES = [(path, i, case.name) for path in SPECS for i, case in enumerate(load_spec(path).cases)]
@@ -22,7 +22,7 @@ def engine():
     machine of this kind failed 6 of 150 on another without AMX, where bf16 passed them all
     (docs/fast-path.md)."""
     from chat.engine import load
-    from chat.models import load_model
+    from chat.runtime.models import load_model
 
     return load(lm=load_model(fast=False))
 

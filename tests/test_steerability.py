@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from features.dictionary import Dictionary
-from chat.metrics import concept_token_ids
+from chat.measure.metrics import concept_token_ids
 from features.pipeline.steerability import output_scores, target_words
 
 

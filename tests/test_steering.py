@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from chat.engine import Engine
-from chat.generate import GenerationError
-from chat.hooks import Recorder, attach
-from chat.steering import FeatureSteerer, Steering, SteeringError, parse_strength
+from chat.errors import GenerationError
+from chat.steer.hooks import Recorder, attach
+from chat.steer.steering import FeatureSteerer, Steering, SteeringError, parse_strength
 from features.catalog import Catalog, Feature
 from features.dictionary import Dictionary
 

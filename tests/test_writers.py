@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from chat.engine import Engine
-from chat.hooks import on_output
-from chat.metrics import concept_token_ids
+from chat.steer.hooks import on_output
+from chat.measure.metrics import concept_token_ids
 from features.catalog import Catalog, Feature
 from features.pipeline.corpus import verse_chapters
 from features.dictionary import Dictionary

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from chat.generate import GenerationSettings
+from chat.steer.settings import GenerationSettings
 from chat.ui.errors import reported, whole
 from chat.ui.gpu import gpu
 from chat.ui.loader import EngineLoader
@@ -69,7 +69,7 @@ class Api:
     @gpu
     def concept(self, concept: str) -> dict:
         """The steering toward `concept` (a word, optionally "=SCALE"): features, mode and
-        strengths chosen by measurement (chat/concept.py). Scale 1 is the measured strength."""
+        strengths chosen by measurement (chat/steer/concept.py). Scale 1 is the measured strength."""
         if not isinstance(concept, str):
             raise ValueError(f"concept must be a string, got {type(concept).__name__}")
         engine = self.loader.get()

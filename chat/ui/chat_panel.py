@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from chat.generate import MAX_NEW_TOKENS, GenerationSettings
-from chat.prompt import message_text
+from chat.steer.settings import MAX_NEW_TOKENS, GenerationSettings
+from chat.steer.prompt import message_text
 from chat.ui import fired as fd
 from chat.ui import steer_state as st
 from chat.ui.errors import reported, whole
@@ -68,7 +68,8 @@ class ChatPanel:
 
 
 def build() -> ChatPanel:
-    chatbot = gr.Chatbot(label="Chat", height=440, elem_id="chat")
+    # No label: Gradio floats it over the first message once the chat scrolls.
+    chatbot = gr.Chatbot(label="Chat", show_label=False, height=440, elem_id="chat")
     with gr.Row(equal_height=True):
         message = gr.Textbox(placeholder="Say something… (Enter sends)", show_label=False, scale=6, elem_id="message")
         send = gr.Button("Send", variant="primary", scale=1, min_width=80, elem_id="send")

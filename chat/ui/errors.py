@@ -1,7 +1,8 @@
 """Handlers report failures as one-line `gr.Error`s; a request never takes the app down.
 
-User errors (chat.errors.USER_ERRORS) show their own message. Anything else is a bug: it is
-logged with its traceback on the server and shown as a short "internal error" line.
+User errors (chat.errors.USER_ERRORS, and the gr.Errors handlers raise themselves) show their
+own message and take one line of the server log. Anything else is a bug: it is logged with its
+traceback on the server, once, and shown as a short "internal error" line.
 """
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ log = logging.getLogger("steerchat.app")
 
 def _as_gr_error(e: Exception) -> gr.Error:
     if isinstance(e, gr.Error):
+        e.print_exception = False  # Gradio would print a traceback for it
+        log.warning("request refused: %s", e.message)
         return e
     if isinstance(e, USER_ERRORS):
         text = str(e).strip().splitlines()
-        return gr.Error(text[0] if text else type(e).__name__)
+        line = text[0] if text else type(e).__name__
+        log.warning("request refused: %s", line)
+        return gr.Error(line, print_exception=False)
     log.exception("internal error in a request")
-    return gr.Error(f"internal error ({type(e).__name__}: {e}); the server log has the details")
+    return gr.Error(f"internal error ({type(e).__name__}: {e}); the server log has the details", print_exception=False)
 
 
 def reported(fn):

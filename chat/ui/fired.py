@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 
 import torch
 
-from chat.generate import Reply
-from chat.readout import FeatureHit
+from chat.steer.generate import Reply
+from chat.steer.readout import FeatureHit
 from features.catalog import Catalog, Feature
 from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, NAMES, WORD
 
@@ -114,11 +114,11 @@ def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, to
 
 
 def choice_name(hit: FeatureHit, label: str, watched: bool, note: str = "") -> str:
-    return f"{'⚠ ' if watched else ''}#{hit.id} {label}{note} · {hit.activation:.3g}"
+    return f"{'⚠ ' if watched else ''}#{hit.id} {label}{note} · peak {hit.activation:.3g}"
 
 
 def choice_id(name: str) -> int | None:
-    """The feature id in a fired-panel entry ("#123 bridge · 4.2"), or None."""
+    """The feature id in a fired-panel entry ("#123 bridge · peak 4.2"), or None."""
     m = _CHOICE.match(name or "")
     return int(m.group(1)) if m else None
 
@@ -168,7 +168,8 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     if f.curated:
         stats.append("curated")
     if f.steerability is not None:
-        stats.append(f"steerability {f.steerability:.2f}")
+        stats.append(f"steerability {f.steerability:.2f} (probability it adds to the words it names when "
+                     "amplified; 0 = it does not write them)")
     stats += [f"{mode} works at {lo:g}…{hi:g}" for mode, (lo, hi) in sorted((f.strengths or {}).items())]
     score = f.extra.get("score")
     heading = f"### #{f.id} {label}{kind_note(f)}"

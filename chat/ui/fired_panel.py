@@ -15,8 +15,9 @@ from chat.ui.loader import EngineLoader
 from chat.ui.steer_panel import SteerHandlers, SteerPanel, render
 
 NEIGHBOURS = 8
-BARS_HELP = ("bar = peak ÷ the feature's usual max, less for features that fire on much of any text "
-             "and for names that predict their firing poorly · click one for details")
+BARS_HELP = ("peak = the feature's highest activation on this reply · bar = peak ÷ its usual max, less for "
+             "features that fire on much of any text and for names that predict their firing poorly · "
+             "click one for details")
 FORM_TOGGLE = "Show form features (punctuation, line breaks, fires on almost every token)"
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 
-from chat.models import ModelLoadError
+from chat.errors import ModelLoadError
 
 
 def _one_line(error: BaseException) -> str:
@@ -69,13 +69,13 @@ class EngineLoader:
 
     def _load(self) -> None:
         from chat.engine import load
-        from chat.models import load_model
+        from chat.runtime.models import load_model
 
         self._started = time.monotonic()
         try:
-            self._phase = f"loading model {self.model or 'gemma-3-270m (embedded)'}"
-            lm = load_model(self.model, device=self.device)
-            self._phase = f"loading dictionary {self.dictionary or '(default)'}"
+            self._phase = f"loading the model {self.model or 'gemma-3-270m (embedded)'}"
+            lm = load_model(self.model, device=self.device, progress=self._set_phase)
+            self._phase = f"loading the dictionary {self.dictionary or '(embedded)'}"
             # A dictionary without labels may fetch Neuronpedia's: the status line shows each batch.
             self._engine = load(self.model, self.dictionary, self.layer, device=self.device, lm=lm,
                                 progress=self._set_phase)
@@ -98,7 +98,7 @@ class EngineLoader:
         """One line for the page: what is loaded, or what is happening, or what failed."""
         if self._error is not None:
             return f"⚠ {self._error}"
-        if self._engine is None:
-            return f"⏳ {self._phase} … {time.monotonic() - self._started:.0f} s"
+        if self._engine is None:  # plain text: the hourglass glyph is a missing-glyph box in Debian's Chromium
+            return f"**Starting:** {self._phase} … {time.monotonic() - self._started:.0f} s"
         status = f"Loaded: {self._engine.status()}"
         return f"{status}  \n⚠ {self.note}" if self.note else status

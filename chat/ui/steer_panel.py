@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
-from chat.concept import ConceptError, parse_concept
-from chat.steering import MODES
+from chat.steer.concept import ConceptError, parse_concept
+from chat.steer.steering import MODES
 from chat.ui import steer_state as st
 from chat.ui.errors import reported
 from chat.ui.loader import EngineLoader
@@ -119,12 +119,17 @@ class SteerHandlers:
         features in the panel at their measured strengths, in add mode. Outputs: the view, the
         mode, the note."""
         engine = self.loader.get()
-        parse_concept(text or "")  # a malformed request is an error (one line); ...
+        kept = [*render(st.with_values(rows, values)), mode]
+        try:
+            parse_concept(text or "")
+        except ValueError as e:  # malformed: a one-line warning and a note, nothing lost. Raising would
+            gr.Warning(str(e))   # mark the mode and the note with Error badges that outlive the next actions
+            return [*kept, f"**Not steered:** {e}"]
         progress(0.0, desc="looking it up (a new concept is measured once, about 30 s)")
         try:
             found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
-        except ConceptError as e:  # ... a word nothing writes is an answer: said beside the box, the rows kept
-            return [*render(st.with_values(rows, values)), mode, f"⚠ {e}"]
+        except ConceptError as e:  # a word nothing writes is an answer: said beside the box, the rows kept
+            return [*kept, f"**Not steered:** {e}"]
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
         rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
                                               for f, s in found.strengths.items()])
@@ -142,10 +147,12 @@ class SteerHandlers:
 
     @reported
     def remove(self, index: int, rows, *values):
-        return render(st.remove(st.with_values(rows, values), index))
+        """Outputs: the view and the concept note (cleared: the rows no longer are what it describes)."""
+        return [*render(st.remove(st.with_values(rows, values), index)), ""]
 
     def reset(self):
-        return [*render([]), "add"]
+        """Outputs: the view, the mode and the concept note."""
+        return [*render([]), "add", ""]
 
 
 
@@ -162,5 +169,6 @@ def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
     panel.concept_go.click(**concept)
     panel.add.click(handlers.add, [panel.matches, panel.rows, panel.mode, *panel.sliders], panel.view, **private)
     for i, button in enumerate(panel.removes):
-        button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders], panel.view, **private)
-    panel.reset.click(handlers.reset, None, [*panel.view, panel.mode], **private)
+        button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders],
+                     [*panel.view, panel.concept_note], **private)
+    panel.reset.click(handlers.reset, None, [*panel.view, panel.mode, panel.concept_note], **private)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
-from chat.steering import MAX_STRENGTH, MODES
+from chat.steer.steering import MAX_STRENGTH, MODES
 from features.catalog import Catalog, Feature
 
 MAX_ROWS = 6

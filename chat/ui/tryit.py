@@ -78,3 +78,8 @@ def wire(panel: TryPanel, handlers: TryHandlers, chat: ChatPanel, steer: SteerPa
     for i, button in enumerate(panel.presets):
         outputs = [*steer.view, steer.mode, chat.compare, chat.compare_row, chat.message, panel.about]
         button.click(lambda i=i: handlers.apply(i), None, outputs, **private).success(**send)
+        button.click(lambda: "", None, steer.concept_note, queue=False, **private)  # the preset replaced it
+    # A preset's caption describes rows that Reset, a removed row or a concept replace.
+    for event in (steer.reset.click, steer.concept.submit, steer.concept_go.click,
+                  *(b.click for b in steer.removes)):
+        event(lambda: "", None, panel.about, queue=False, **private)

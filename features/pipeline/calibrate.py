@@ -3,17 +3,17 @@ up in replies to neutral prompts while the text stays fluent.
 
 For each strength: greedy replies to NEUTRAL_PROMPTS (one batch), their concept rate (replies
 mentioning a concept term) and fluency cost (perplexity of the steered reply under the unsteered
-model over the unsteered reply's; chat/metrics.py). The band is the lowest to the highest strength
+model over the unsteered reply's; chat/measure/metrics.py). The band is the lowest to the highest strength
 with concept rate >= MIN_RATE and cost <= MAX_COST.
 """
 from __future__ import annotations
 
 from typing import NamedTuple, Sequence
 
-from chat import metrics
-from chat.batch import replies
-from chat.concept import NEUTRAL_PROMPTS
-from chat.steering import Steering
+from chat.measure import metrics
+from chat.steer.batch import replies
+from chat.steer.concept import NEUTRAL_PROMPTS
+from chat.steer.steering import Steering
 
 # In multiples of max activation. On the embedded dictionary concepts show from about 1 and
 # text breaks down past about 3 (its max activations come from extreme contexts).
@@ -26,7 +26,7 @@ class SweepPoint(NamedTuple):
     strength: float
     concept_rate: float  # share of replies mentioning the concept
     fluency_cost: float  # geometric mean perplexity ratio (1 = as fluent as unsteered)
-    score: float  # harmonic mean of the two (chat.metrics.combined_score)
+    score: float  # harmonic mean of the two (chat.measure.metrics.combined_score)
     samples: tuple[str, ...]  # the replies
 
 

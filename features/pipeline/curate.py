@@ -36,8 +36,8 @@ from typing import NamedTuple, Sequence
 
 import torch.nn.functional as F
 
-from chat import metrics
-from chat.concept import NEUTRAL_PROMPTS
+from chat.measure import metrics
+from chat.steer.concept import NEUTRAL_PROMPTS
 from features.pipeline.calibrate import MAX_COST, SweepPoint, band, sweep, unsteered
 from features.pipeline.writers import find_writers
 

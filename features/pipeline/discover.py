@@ -33,9 +33,9 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from chat.hooks import on_output
-from chat.prompt import build_prompt, reply_length
-from chat.concept import NEUTRAL_PROMPTS
+from chat.steer.hooks import on_output
+from chat.steer.prompt import build_prompt, reply_length
+from chat.steer.concept import NEUTRAL_PROMPTS
 from features.catalog import Feature
 
 STRENGTH = 3.0  # curated writers show their concept at 1-3x; 3x finds the ones that need it

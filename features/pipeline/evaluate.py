@@ -18,8 +18,8 @@ from typing import Iterable, NamedTuple
 import torch
 from torch import Tensor
 
-from chat.hooks import on_output
-from chat.models import LoadedModel
+from chat.steer.hooks import on_output
+from chat.runtime.models import LoadedModel
 from features.dictionary import Dictionary
 from features.pipeline.harvest import residuals
 

@@ -18,7 +18,7 @@ from typing import Iterable, NamedTuple
 import numpy as np
 import torch
 
-from chat.models import LoadedModel
+from chat.runtime.models import LoadedModel
 from features.dictionary import Dictionary
 from features.pipeline.harvest import residuals
 

@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from chat.hooks import StopForward, on_output
-from chat.models import LoadedModel
+from chat.steer.hooks import StopForward, on_output
+from chat.runtime.models import LoadedModel
 
 OUTLIER_FACTOR = 10.0
+COMPILE_FROM_TOKENS = 1_000_000  # shorter harvests do not repay compile_blocks' ~25 s
 
 
 def residuals(lm: LoadedModel, layer: int, batch: Tensor) -> Tensor:
@@ -40,6 +41,23 @@ def residuals(lm: LoadedModel, layer: int, batch: Tensor) -> Tensor:
         except StopForward:
             pass
     return seen["h"]
+
+
+def compile_blocks(lm: LoadedModel, layer: int) -> bool:
+    """Compile decoder blocks 0..layer with torch.compile, in place, for long batched passes
+    (harvest, evidence): Gemma's float32 norms and gelu are many small memory-bound ops that
+    inductor fuses. 16x256-token batches to layer 9 ran at 4,600 tok/s against 1,450 eager on 2
+    cores (AMX), after ~25 s of compiling. Returns False, leaving the model as it was, where
+    compiling fails (no C++ compiler)."""
+    try:
+        for block in lm.layers[: layer + 1]:
+            block.compile(dynamic=False)
+        residuals(lm, layer, torch.full((1, 8), lm.tokenizer.bos_token_id or 0))  # compiles now, or fails here
+    except Exception:  # inductor needs a compiler and a supported CPU; eager works everywhere
+        for block in lm.layers[: layer + 1]:
+            block._compiled_call_impl = None
+        return False
+    return True
 
 
 def _write_atomic(path: Path, write) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from chat.models import LoadedModel
+from chat.runtime.models import LoadedModel
 from features import kinds as K
 from features.catalog import Feature
 from features.dictionary import Dictionary

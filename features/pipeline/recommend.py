@@ -17,8 +17,8 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from chat.hooks import on_output
-from chat.prompt import build_prompt
+from chat.steer.hooks import on_output
+from chat.steer.prompt import build_prompt
 
 GRID = (0.5, 1.0, 2.0, 4.0, 8.0)  # multiples of max activation; 2 first, then 1 or 4, then 0.5 or 8
 PROMPT = "Tell me about your weekend."

@@ -19,10 +19,10 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from chat.hooks import on_output
-from chat.models import LoadedModel
-from chat.prompt import build_prompt
-from chat.concept import NEUTRAL_PROMPTS
+from chat.steer.hooks import on_output
+from chat.runtime.models import LoadedModel
+from chat.steer.prompt import build_prompt
+from chat.steer.concept import NEUTRAL_PROMPTS
 from features.dictionary import Dictionary
 
 STRENGTH = 2.0  # multiples of max activation: where curated writers show their concept, before text breaks (3-4x)

@@ -23,8 +23,8 @@ from typing import NamedTuple, Sequence
 import torch
 from torch import Tensor
 
-from chat.concept import NEUTRAL_PROMPTS, concept_gradient as gradient, cosines
-from chat.metrics import concept_token_ids
+from chat.steer.concept import NEUTRAL_PROMPTS, concept_gradient as gradient, cosines
+from chat.measure.metrics import concept_token_ids
 from features.pipeline.steerability import POSITIONS, output_scores, scored_prompts
 
 
@@ -35,7 +35,7 @@ class Writer(NamedTuple):
 
 
 def concept_gradient(lm, layer: int, token_ids: Sequence[int], prompts: Sequence[str] = NEUTRAL_PROMPTS[:4]) -> Tensor:
-    """(d,) `chat.concept.concept_gradient` at the first reply positions of plain greedy replies
+    """(d,) `chat.steer.concept.concept_gradient` at the first reply positions of plain greedy replies
     to `prompts` (as steerability scores them)."""
     return gradient(lm, layer, scored_prompts(lm, prompts), token_ids, POSITIONS)
 

@@ -4,7 +4,7 @@ learned, all in one run on one machine.
 Absolute times on a shared CPU are noisy, so the steering costs are ratios of runs interleaved in
 one process (plain, steered, steered, plain, ...; the median over adjacent pairs):
 
-- decode: transformers' `model.generate` with no hooks vs our generate path (chat/generate.py)
+- decode: transformers' `model.generate` with no hooks vs our generate path (chat/steer/generate.py)
   with 3 features steered and the full readout, plain greedy, same prompt; tokens/s after the
   first token, until the call returns (so the readout's work after the last token counts);
 - the chat's default settings (repetition penalty, n-gram guard) vs plain greedy on our path;
@@ -33,12 +33,13 @@ from typing import Callable
 import torch
 
 from chat.engine import CALIBRATION_TEXT, Engine, load
-from chat.fidelity import decode_fidelity
-from chat.models import EMBEDDED_NAME, load_model
-from chat.generate import GenerationSettings, generate
-from chat.hooks import Recorder, attach
-from chat.prompt import TRANSCRIPT_STOPS, Prompt
-from chat.steering import FeatureSteerer, Steering
+from chat.measure.fidelity import decode_fidelity
+from chat.runtime.models import EMBEDDED_NAME, load_model
+from chat.steer.generate import generate
+from chat.steer.settings import GenerationSettings
+from chat.steer.hooks import Recorder, attach
+from chat.steer.prompt import TRANSCRIPT_STOPS, Prompt
+from chat.steer.steering import FeatureSteerer, Steering
 
 DECODE_TARGET = 0.97  # steered / plain decode speed
 STEERED_DECODE_TARGET = 45.0  # tok/s, the embedded model on the fast path, on our 2-core machine (issue 15)
@@ -46,7 +47,7 @@ FIDELITY_TARGET = 1.02  # fast path / full precision: perplexity and FVU
 CHAT_DEFAULTS_TARGET = 0.95  # the chat's default settings / plain greedy decode speed
 COLD_START_TARGET_S = 3.0  # issue 15: first streamed token with a warm cache
 PREFILL_TOKENS = 512
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass
@@ -247,7 +248,7 @@ def bench_decode(engines: dict[str, Engine], s: Settings, res: Results) -> None:
 
 def bench_fidelity(engines: dict[str, Engine], res: Results) -> None:
     """Perplexity and the dictionary's FVU on held-out text, decoded token by token on each
-    path (chat/fidelity.py); the fast path against full precision."""
+    path (chat/measure/fidelity.py); the fast path against full precision."""
     found = {path: decode_fidelity(e.lm, e.dictionary, e.layer) for path, e in engines.items()}
     res.details["fidelity"] = {path: f._asdict() for path, f in found.items()}
     if len(found) < 2:
@@ -402,7 +403,7 @@ def run(s: Settings, *, model=None, dictionary=None, layer=None, device=None, al
     start = time.perf_counter()
     engine = load(model, dictionary, layer, device=device, allow_pickle=allow_pickle)
     load_s = time.perf_counter() - start
-    # Both paths side by side on CPU, the int8 fast path first (chat/fast.py); the rest of the
+    # Both paths side by side on CPU, the int8 fast path first (chat/runtime/fast.py); the rest of the
     # benchmark runs on the path that loads by default.
     if engine.lm.device.type == "cpu":
         fast = engine if engine.lm.weights == "int8" else load(

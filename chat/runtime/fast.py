@@ -1,12 +1,12 @@
 """The fast decode path on CPU: which matrices become int8, and how, computed once and cached.
 
 `make_fast(model, layers, tokenizer)` turns a loaded transformers model into the fast path in
-place (chat/models.py calls it for every CPU model unless $STEERCHAT_FAST=0):
+place (chat/runtime/models.py calls it for every CPU model unless $STEERCHAT_FAST=0):
 
-- every decoder matrix and the LM head become `Int8Linear`s (chat/quant.py);
-- Gemma 3 blocks become `LeanGemma3Block`s (chat/gemma_block.py), with fused projections;
+- every decoder matrix and the LM head become `Int8Linear`s (chat/runtime/quant.py);
+- Gemma 3 blocks become `LeanGemma3Block`s (chat/runtime/gemma_block.py), with fused projections;
 - the decoder layers keep exact activations (weight-only int8);
-- the LM head is weight-only int8 too, through the compiled `int8_gemv` (chat/kernels.py);
+- the LM head is weight-only int8 too, through the compiled `int8_gemv` (chat/runtime/kernels.py);
   where that cannot be built, its input is smoothed (from activation ranges measured on
   `quant.CALIBRATION_TEXT`) and rounded to int8 for fbgemm's dynamic kernel instead. Either way
   the head's 64 largest outputs are recomputed from the full weight at each step, so greedy
@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
 
-from chat import gemma_block, kernels, quant
-from chat.quant import Int8Linear
+from chat.runtime import gemma_block, kernels, quant
+from chat.runtime.quant import Int8Linear
+from features.paths import cache_dir
 
 FORMAT = 1  # bump when what is stored, or how it is computed, changes
 # Gemma block parts whose single-row inputs are smoothed and rounded to int8 too. None: doing so
@@ -68,11 +69,8 @@ def _head_mode() -> str:
 
 
 def cache_file(model: nn.Module) -> Path:
-    """$STEERCHAT_HOME/int8/<fingerprint>.safetensors when that is set, else under cache_dir()."""
-    from chat.models import cache_dir
-
-    home = os.environ.get("STEERCHAT_HOME")
-    return (Path(home) if home else cache_dir()) / "int8" / f"{fingerprint(model)}.safetensors"
+    """<cache>/int8/<fingerprint>.safetensors (features.paths.cache_dir)."""
+    return cache_dir() / "int8" / f"{fingerprint(model)}.safetensors"
 
 
 def _read(path: Path) -> dict[str, dict[str, Tensor]] | None:
@@ -113,13 +111,16 @@ def _names(model: nn.Module, layers: nn.ModuleList, lean: bool) -> set[str]:
     return names
 
 
-def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer) -> None:
+def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer,
+              progress: Callable[[str], None] | None = None) -> None:
     """Switch a loaded CPU model to the fast decode path, in place. Activations between the
     matmuls, hooks and every transformers entry point (forward, generate, caches) stay as they were."""
     head = model.get_output_embeddings()
     lean = gemma_block.applies(model)
     path = cache_file(model)
     stored = _read(path)
+    if progress and not kernels.ready():
+        progress("building the fast path's CPU kernels (first start only: about 15 s)")
     if stored is not None and set(stored) != _names(model, layers, lean):
         stored = None  # another layout (or a damaged file): start again
     ranges: dict[str, Tensor] = {}
@@ -128,6 +129,8 @@ def make_fast(model: nn.Module, layers: nn.ModuleList, tokenizer) -> None:
     if lean:
         points |= {k: m for k, m in gemma_block.calibration_points(layers).items()
                    if k.rpartition(".")[2] in DYNAMIC_PARTS}
+    if progress and stored is None:
+        progress("quantising the model to int8 (first start only: a few seconds)")
     if stored is None and points:
         ids = torch.tensor([tokenizer(quant.CALIBRATION_TEXT).input_ids], device=next(model.parameters()).device)
         ranges = quant.input_ranges(model, points, ids)

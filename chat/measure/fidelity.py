@@ -2,7 +2,7 @@
 dictionary's FVU on held-out text, read the way a chat reads them: one token at a time.
 
 Teacher forcing with a cache: the text's tokens are fed one per forward pass, as decoding
-feeds them, so the fast path's single-row int8 kernels (chat/quant.py) produce every logit and
+feeds them, so the fast path's single-row int8 kernels (chat/runtime/quant.py) produce every logit and
 every residual measured here; a whole-text forward pass would take the prompt route
 (full-precision weights) and measure nothing. The residuals of the dictionary's layer are
 encoded and decoded again for the FVU, as the readout encodes them.
@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from chat.hooks import on_output
+from chat.steer.hooks import on_output
 
 HELDOUT_TEXT = (
     "The ferry left the harbour a little after six, while the fog still sat low on the water. "

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from transformers.models.gemma3.modeling_gemma3 import Gemma3DecoderLayer
 
-from chat.quant import Int8Linear
+from chat.runtime.quant import Int8Linear
 
 
 def _rms_weight(norm: nn.Module) -> Tensor:
@@ -33,14 +33,14 @@ def _rms_weight(norm: nn.Module) -> Tensor:
 
 class LeanGemma3Block(Gemma3DecoderLayer):
     """`linear(part, weight)` makes the block's four matmuls (PARTS), e.g. with calibrated
-    smoothing (chat/fast.py); by default weight-only Int8Linears.
+    smoothing (chat/runtime/fast.py); by default weight-only Int8Linears.
 
     A subclass of the block it replaces only so that transformers' `output_hidden_states`
     records it as it records that block; none of the parent's modules are built."""
 
     def __init__(self, block: nn.Module, linear: Callable[[str, Tensor], Int8Linear] | None = None,
                  kernels=None):
-        """`kernels`: `chat.kernels.ops()`, which then does a single token's norms, query/key norms
+        """`kernels`: `chat.runtime.kernels.ops()`, which then does a single token's norms, query/key norms
         and rotary, and attention, one call each; None keeps torch's calls."""
         nn.Module.__init__(self)  # not Gemma3DecoderLayer's: it would build the modules this block replaces
         attn, mlp = block.self_attn, block.mlp

@@ -21,7 +21,7 @@ Generation settings (seeds, temperature, max_new_tokens, repetition_penalty, no_
 frame) may be stated at the top or per case; unstated, they are plain greedy decoding in the
 plain transcript, whatever the chat's defaults are. Each case generates the unsteered and the
 steered reply for every prompt x seed and reports concept rate, baseline rate, log-prob lift, fluency
-cost and the combined score (chat/metrics.py).
+cost and the combined score (chat/measure/metrics.py).
 """
 from __future__ import annotations
 
@@ -32,10 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
-from chat import metrics
-from chat.generate import GenerationSettings
-from chat.prompt import FRAMES
-from chat.steering import MODES, Steering, SteeringError, parse_strength
+from chat.measure import metrics
+from chat.steer.settings import GenerationSettings
+from chat.steer.prompt import FRAMES
+from chat.steer.steering import MODES, Steering, SteeringError, parse_strength
 
 # Generation settings a spec states (top level or per case). Unstated ones are plain greedy
 # decoding in the plain transcript (GenerationSettings.greedy()), what the shipped specs and the

@@ -1,6 +1,6 @@
 """Replies to several prompts in one batch, without streaming or readout: for measurements
 (strength sweeps, concept search, steering-vs-prompting tables), where many short replies are
-needed. Chat uses `chat.generate`, one reply at a time.
+needed. Chat uses `chat.steer.generate`, one reply at a time.
 
 By default plain greedy (GenerationSettings.greedy(): the plain transcript, no repetition
 handling), which the strength bands were measured with; concept search passes the chat's own
@@ -19,10 +19,11 @@ import torch
 from torch import Tensor
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
-from chat.generate import GenerationSettings, decoding_processors
-from chat.hooks import attach
-from chat.prompt import reply_length
-from chat.steering import FeatureSteerer, Steering
+from chat.steer.generate import decoding_processors
+from chat.steer.settings import GenerationSettings
+from chat.steer.hooks import attach
+from chat.steer.prompt import reply_length
+from chat.steer.steering import FeatureSteerer, Steering
 
 
 class BatchReply(NamedTuple):

@@ -17,8 +17,8 @@ from typing import Iterable, Sequence
 import torch
 from torch import Tensor
 
-from chat.hooks import attach
-from chat.steering import FeatureSteerer, Steering
+from chat.steer.hooks import attach
+from chat.steer.steering import FeatureSteerer, Steering
 
 
 PLURALS = ("s", "es")

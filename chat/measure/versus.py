@@ -2,7 +2,7 @@
 
 For every "present" case of a spec (the first per feature and terms), the same neutral prompts are answered twice more: once with
 the instruction appended ("... Talk about dogs."), unsteered. Both replies are scored the same
-way as steering (chat/metrics.py): concept rate, and fluency cost under the unsteered model given
+way as steering (chat/measure/metrics.py): concept rate, and fluency cost under the unsteered model given
 the *original* prompt, so a reply that changes the subject costs the same either way.
 
     python -m chat check assets/specs/curated.toml --vs-prompting
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from chat import metrics
-from chat.check import Case, CaseResult, Spec, Baselines, run_case
+from chat.measure import metrics
+from chat.measure.check import Case, CaseResult, Spec, Baselines, run_case
 
 INSTRUCTION = "{prompt} Talk about {concept}."
 

@@ -5,7 +5,7 @@ Every reply is generated as the app generates it (Engine.reply on the whole conv
 far). Conversations feed the model's own replies back as history, so one looping reply that
 poisons the rest shows up here as it does in the app.
 
-- loops: chat/loops.py's rule (a three-word sequence three times, or most of them repeated);
+- loops: chat/steer/loops.py's rule (a three-word sequence three times, or most of them repeated);
 - factual: the reply contains one of the accepted answers (case-insensitive, whole words);
 - repeats in conversations: a reply identical to an earlier reply of the same conversation.
 """
@@ -15,8 +15,8 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 
-from chat.generate import GenerationSettings
-from chat.loops import bad_reply
+from chat.steer.settings import GenerationSettings
+from chat.steer.loops import bad_reply
 
 # (question, accepted answers)
 FACTUAL = (

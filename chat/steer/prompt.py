@@ -15,7 +15,7 @@ Two formats:
   default "chat" frame puts a few example exchanges (CHAT_EXAMPLES) after the header, and there
   a blank line after the reply's first words ends it too.
 
-A bad assistant turn in the history goes back to the model trimmed (chat/loops.py): a looping
+A bad assistant turn in the history goes back to the model trimmed (chat/steer/loops.py): a looping
 reply up to where it starts repeating; an empty one is left out with the message it answered.
 
 User text is tokenised with special-token parsing off, so typing "<eos>" or "<start_of_turn>"
@@ -27,7 +27,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from chat.loops import trim
+from chat.steer.loops import trim
 
 TRANSCRIPT_HEADER = "A conversation between a User and a helpful, knowledgeable Assistant."
 # The "chat" frame shows a base model a few answered questions before the conversation, so it

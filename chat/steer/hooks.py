@@ -18,8 +18,8 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor
 
-from chat.models import LoadedModel
-from chat.steering import FeatureSteerer
+from chat.runtime.models import LoadedModel
+from chat.steer.steering import FeatureSteerer
 
 
 class StopForward(Exception):

@@ -8,7 +8,7 @@ saw, are generated as the app generates them (chat defaults, 64 tokens):
   words, plurals and -ed/-ing forms), steered, unsteered, and prompted ("Talk about X." before
   the same prompt: the AxBench baseline);
 - cost: median perplexity of the steered replies as text, under the unsteered model, over that
-  of the unsteered replies (chat/concept.py `fluency`);
+  of the unsteered replies (chat/steer/concept.py `fluency`);
 - avoid: with scale -1, share of replies that mention the concept when the prompt asks for it
   (ASKING), against the unsteered share;
 - pass: rate >= 0.6, rate - unsteered >= 0.4, cost <= 2;
@@ -20,9 +20,9 @@ import statistics
 import time
 from dataclasses import asdict, dataclass
 
-from chat.batch import replies
-from chat.concept import Concept, ConceptError, fluency, mention_rate
-from chat.generate import GenerationSettings
+from chat.steer.batch import replies
+from chat.steer.concept import Concept, ConceptError, fluency, mention_rate
+from chat.steer.settings import GenerationSettings
 
 # (concept, the words that count as mentioning it)
 CONCEPTS = (
@@ -46,7 +46,7 @@ CONCEPTS = (
     ("fear", ("fear", "afraid", "scared")), ("happiness", ("happiness", "happy")),
     ("science", ("science", "scientific", "scientist")), ("cooking", ("cooking", "cook")),
 )
-HELD_OUT = (  # neutral prompts the search never saw (it uses chat.concept.SEARCH_PROMPTS)
+HELD_OUT = (  # neutral prompts the search never saw (it uses chat.steer.concept.SEARCH_PROMPTS)
     "Tell me a story.",
     "What is on your mind?",
     "What did you do yesterday?",

@@ -43,14 +43,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from chat.batch import BatchReply, replies
-from chat.generate import GenerationSettings
-from chat.hooks import on_output
-from chat.metrics import PLURALS, concept_rate, concept_token_ids, perplexities
-from chat.models import cache_dir
-from chat.steering import MAX_STRENGTH, Steering, SteeringError, parse_strength
+from chat.steer.batch import BatchReply, replies
+from chat.steer.settings import GenerationSettings
+from chat.steer.hooks import on_output
+from chat.measure.metrics import PLURALS, concept_rate, concept_token_ids, perplexities
+from chat.steer.steering import MAX_STRENGTH, Steering, SteeringError, parse_strength
 from features import lexicon
 from features.catalog import _write_atomic
+from features.paths import home_dir
 
 # Replies to these are about nothing in particular: a concept that shows up in them was put there.
 NEUTRAL_PROMPTS = (
@@ -61,7 +61,7 @@ NEUTRAL_PROMPTS = (
     "Tell me a story.",
     "What is on your mind?",
 )
-SEARCH_PROMPTS = NEUTRAL_PROMPTS[:4]  # the benchmark (chat/concept_bench.py) uses others
+SEARCH_PROMPTS = NEUTRAL_PROMPTS[:4]  # the benchmark (chat/measure/concept_bench.py) uses others
 # Screen: every candidate at every scale on every search prompt, as the app generates (chat frame
 # and defaults; what shows in the plain transcript often does not in chat), 16 tokens.
 SCREEN_SCALES = (0.75, 1.5, 3.0)  # multiples of a candidate's unit strengths
@@ -410,7 +410,7 @@ def _band(engine, chosen: Trial, trials: Sequence[Trial], baseline: float, costs
 
 def related(word: str, candidates: Sequence[str], n: int = 3, max_steps: int = 5) -> list[str]:
     """Up to `n` of `candidates` (concepts that work) nearest to `word` in WordNet's noun
-    hierarchy, within `max_steps` (chat/concept.py's errors suggest them: "anger" finds no writer,
+    hierarchy, within `max_steps` (chat/steer/concept.py's errors suggest them: "anger" finds no writer,
     "love" and "sadness" do); nearest first."""
     lex = lexicon.default()
     if lex is None:
@@ -469,12 +469,11 @@ class ConceptCache:
 
 
 def user_file(key: str) -> Path:
-    """Where searches keep what they measured for dictionary `key`: under $STEERCHAT_HOME where
-    set (beside user renames), else the cache folder (chat.models.cache_dir)."""
+    """Where searches keep what they measured for dictionary `key`: the user's folder
+    (features.paths.home_dir), beside their renames."""
     if not re.fullmatch(r"[\w.-]+", key):
         raise ValueError(f"a dictionary key must be letters, digits, '.', '-' or '_', got {key!r}")
-    home = os.environ.get("STEERCHAT_HOME")
-    return (Path(home) if home else cache_dir()) / "concepts" / f"{key}.json"
+    return home_dir() / "concepts" / f"{key}.json"
 
 
 def _read(path: Path, key: str) -> dict[str, dict]:

