@@ -49,10 +49,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address) -> None:
+        pass  # a browser that left mid-reload; nothing to report
+
+
 class StartingPage:
     def __init__(self, host: str, port: int):
-        self.server = http.server.ThreadingHTTPServer((host, port), _Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), _Handler)
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="steerchat-starting")
         self.thread.start()
 
