@@ -177,7 +177,7 @@ def test_loader_status_line_shows_the_download(bucket, tmp_path, tiny_lm, monkey
     import chat.runtime.models
     from chat.ui.loader import EngineLoader
 
-    monkeypatch.setattr(chat.runtime.models, "load_model", lambda ref, device=None: tiny_lm)
+    monkeypatch.setattr(chat.runtime.models, "load_model", lambda ref, device=None, progress=None: tiny_lm)
     phases = []
     monkeypatch.setattr(EngineLoader, "_set_phase", lambda self, phase: phases.append(phase))
     loader = EngineLoader("tiny", str(make_dictionary(tmp_path / "d")), fallback=False)

@@ -9,8 +9,8 @@ one process (plain, steered, steered, plain, ...; the median over adjacent pairs
   first token, until the call returns (so the readout's work after the last token counts);
 - the chat's default settings (repetition penalty, n-gram guard) vs plain greedy on our path;
 - prefill of a 512-token prompt (one forward pass) and time to first token (generate, streamed);
-- cold start: a fresh process that imports the app and the engine, loads the model (from the
-  converted copy in the cache) and the dictionary, and streams the first token of a reply;
+- cold start (chat/measure/coldstart.py): the CLI's first token in fresh processes, stage by
+  stage, and the app's first page and first reply;
 - dictionary harvest tokens/s (`features.pipeline.harvest`) and training tokens/s (`features.pipeline.train` on
   synthetic vectors at the default width; steady state, from two runs of different length);
 - peak memory (max RSS) of this process and of the cold-start process.
@@ -18,12 +18,9 @@ one process (plain, steered, steered, plain, ...; the median over adjacent pairs
 from __future__ import annotations
 
 import functools
-import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,6 +30,7 @@ from typing import Callable
 import torch
 
 from chat.engine import CALIBRATION_TEXT, Engine, load
+from chat.measure import coldstart
 from chat.measure.fidelity import decode_fidelity
 from chat.runtime.models import EMBEDDED_NAME, load_model
 from chat.steer.generate import generate
@@ -45,7 +43,6 @@ DECODE_TARGET = 0.97  # steered / plain decode speed
 STEERED_DECODE_TARGET = 45.0  # tok/s, the embedded model on the fast path, on our 2-core machine (issue 15)
 FIDELITY_TARGET = 1.02  # fast path / full precision: perplexity and FVU
 CHAT_DEFAULTS_TARGET = 0.95  # the chat's default settings / plain greedy decode speed
-COLD_START_TARGET_S = 3.0  # issue 15: first streamed token with a warm cache
 PREFILL_TOKENS = 512
 REPO = Path(__file__).resolve().parents[2]
 
@@ -300,61 +297,27 @@ def bench_prefill(engine: Engine, s: Settings, res: Results) -> None:
             statistics.median(steered), _paired([1 / t for t in plain], [1 / t for t in steered]))
 
 
-_COLD_CHILD = r"""
-import json, resource, sys, time
-start = float(sys.argv[1])
-
-
-def peak_mib():
-    # This process's own peak: Linux keeps ru_maxrss across exec, so it would report the
-    # benchmark's (larger) parent; VmHWM starts afresh with the new program.
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(l.split()[1]) for l in f if l.startswith("VmHWM:")) / 1024
-    except (OSError, StopIteration):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-ref = json.loads(sys.argv[2])
-import app  # noqa: F401 - what the app imports before it can serve (gradio and all)
-imported = time.time()
-from chat.engine import load
-engine = load(ref["model"], ref["dictionary"], ref["layer"], device=ref["device"], allow_pickle=ref["allow_pickle"])
-loaded = time.time()
-stream = engine.stream("Hello! How are you today?", max_new_tokens=8)
-tokens = iter(stream)
-next(tokens)
-first = time.time()
-stream.stop()
-for _ in tokens:  # let the worker finish: exiting under a running torch thread aborts
-    pass
-print(json.dumps({"import_s": imported - start, "load_s": loaded - imported, "first_token_s": first - loaded,
-                  "total_s": first - start, "max_rss_mib": peak_mib()}))
-"""
-
-
-def _cold_start(ref: dict, fast: bool) -> dict:
-    env = {**os.environ, "TRANSFORMERS_VERBOSITY": "error", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-           "GRADIO_ANALYTICS_ENABLED": "False", "STEERCHAT_FAST": "1" if fast else "0"}
-    start = time.time()
-    done = subprocess.run([sys.executable, "-c", _COLD_CHILD, repr(start), json.dumps(ref)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RuntimeError(f"the cold-start process failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
 def bench_cold_start(ref: dict, s: Settings, res: Results, paths: list[str]) -> None:
-    """Process start to the first streamed token, in fresh interpreters (the model cache is warm:
-    this process has loaded it already), on each path; the median run."""
+    """Fresh processes (chat/measure/coldstart.py): the CLI's first token on each path, with its
+    stages; the app's page and first reply on the default path; medians of `s.cold_starts`."""
     for path in paths:
-        runs = sorted((_cold_start(ref, path == "int8") for _ in range(s.cold_starts)), key=lambda r: r["total_s"])
-        median = runs[len(runs) // 2]
-        res.add(f"cold start to first streamed token, {path}", "s", steered=median["total_s"],
-                target=f"<= {COLD_START_TARGET_S:g}", ok=median["total_s"] <= COLD_START_TARGET_S)
+        runs = [coldstart.cli_first_token(ref, fast=path == "int8") for _ in range(s.cold_starts)]
+        median = coldstart.median_run(runs, "total_s")
+        target = coldstart.CLI_FIRST_TOKEN_TARGET_S
+        res.add(f"CLI cold start to first token, {path}", "s", steered=median["total_s"],
+                target=f"<= {target:g}" if path == "int8" else "",
+                ok=median["total_s"] <= target if path == "int8" else None)
         res.details[f"cold_start_{path}"] = median
         res.details[f"cold_start_{path}_runs_s"] = [r["total_s"] for r in runs]
+    apps = [coldstart.app_start(ref) for _ in range(s.cold_starts)]
+    app = coldstart.summary([], apps)
+    res.add("app: a page answers", "s", steered=app["app_page_s"], target=f"<= {coldstart.APP_PAGE_TARGET_S:g}",
+            ok=app["app_page_s"] <= coldstart.APP_PAGE_TARGET_S)
+    res.add("app: the app's own page", "s", steered=app["app_gradio_s"])
+    res.add("app: first reply (one token, through /generate)", "s", steered=app["app_first_reply_s"],
+            target=f"<= {coldstart.APP_FIRST_REPLY_TARGET_S:g}",
+            ok=app["app_first_reply_s"] <= coldstart.APP_FIRST_REPLY_TARGET_S)
+    res.details["app_start"] = app
 
 
 def bench_harvest(engine: Engine, s: Settings, res: Results) -> None:
@@ -463,4 +426,8 @@ def table(res: Results) -> str:
     lines.append(f"\n{res.details['engine']}; {m['cpus']} CPUs, {m['torch_threads']} torch threads, "
                  f"load average {m['load_1min']:.1f} at start and {m['load_1min_end']:.1f} at the end. "
                  "Ratios are steered/plain speed (1.0 = no overhead), the median over interleaved run pairs.")
+    for path in res.details.get("paths", []):
+        if f"cold_start_{path}" in res.details:
+            lines.append(f"\nCLI cold start, {path}, the median run's stages:\n\n"
+                         + coldstart.stage_table(res.details[f"cold_start_{path}"]))
     return "\n".join(lines)

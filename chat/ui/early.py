@@ -76,7 +76,7 @@ def where(host: str | None, port: int | None) -> tuple[str, int]:
     """The address Gradio's launch will use: the arguments, else its environment variables, else
     its defaults (127.0.0.1:7860)."""
     host = host or os.environ.get("GRADIO_SERVER_NAME") or "127.0.0.1"
-    port = port or int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+    port = port if port is not None else int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
     return host, port
 
 
