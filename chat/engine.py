@@ -28,7 +28,7 @@ from chat.steer.concept import CONCEPTS_FILE, Concept, ConceptCache, ConceptErro
 from chat.steer.generate import Reply, ReplyStream, generate
 from chat.steer.settings import GenerationSettings
 from chat.steer.hooks import Recorder, StopForward, attach
-from chat.steer.loops import bad_reply
+from chat.steer.loops import bad_reply, garbled
 from chat.runtime.models import LoadedModel, load_model
 from chat.steer.prompt import Prompt, PromptError, build_prompt, clean_text
 from chat.steer.steering import FeatureSteerer, Steering, SteeringError
@@ -214,6 +214,10 @@ class Engine:
                 f"the conversation was too long: dropped {prompt.dropped_turns} older turn(s) and "
                 f"{prompt.clipped_tokens} token(s) from the start of the oldest kept message"
             )
+        broken = garbled(reply.text) if not steerer.steering.is_noop else None
+        if broken:
+            reply.warnings.append(f"the steered reply looks garbled ({broken}): the steering is too strong for "
+                                  "this reply; lower the strength")
         bad = bad_reply(reply.text) if reply.finish_reason != "cancelled" else None
         if bad == "loops":
             reply.warnings.append("the reply repeats itself; the model will see it only up to where it starts "

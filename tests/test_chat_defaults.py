@@ -94,3 +94,36 @@ def test_specs_keep_plain_greedy_unless_they_say_otherwise():
     assert stated.frame == "chat" and stated.repetition_penalty == 1.3
     with pytest.raises(ValueError, match="frame must be one of"):
         parse_spec(base | {"frame": "odd"})
+
+
+@pytest.mark.parametrize("text,why", [
+    ("SATOVENTIUM… FRIBTERONEUISEATOB… ARKENTOLIUM", "capitalised non-words"),
+    ("I'm a\u2063\u2063", "invisible characters"),
+    ("- - – - - –", "mostly punctuation"),
+    ("The USA and NASA sent a rocket to the moon.", None),
+    ("I'm a", None),
+])
+def test_garbled_replies_are_told_apart(text, why):
+    from chat.steer.loops import garbled
+
+    assert garbled(text) == why
+
+
+def test_a_garbled_steered_reply_carries_a_warning(tiny_lm, monkeypatch):
+    """Steering far past a feature's range can break a reply; the reply then says so."""
+    import chat.engine
+    from app_helpers import tiny_engine
+    from chat.steer.generate import Reply
+
+    engine = tiny_engine(tiny_lm)
+    real = chat.engine.generate
+
+    def garbling(*args, **kwargs) -> Reply:
+        reply = real(*args, **kwargs)
+        reply.text = "- - – - -"
+        return reply
+
+    monkeypatch.setattr(chat.engine, "generate", garbling)
+    steered = engine.reply("Hi", steer={1: 2.0}, max_new_tokens=2)
+    assert any("garbled (mostly punctuation)" in w for w in steered.warnings)
+    assert not any("garbled" in w for w in engine.reply("Hi", max_new_tokens=2).warnings)  # unsteered: not ours to say

@@ -186,7 +186,8 @@ def test_fired_ranking_trusts_names_by_their_detection_score():
     acts[0, 1], acts[0, 2], acts[0, 3] = 0.7, 1.0, 1.0  # the weakly named ones peak higher
     assert [h.id for h in fd.ranked(fd.LastReply(["x"], acts.to_sparse(), []), cat)] == [1, 3, 2]
     assert fd.confidence(cat[1]) == 1.0 and fd.confidence(cat[2]) == fd.MIN_CONFIDENCE
-    assert fd.confidence(Feature(4, "curated", curated=True, extra={"score": 0.5})) == 1.0
+    # curated or not, a name that detects its feature no better than chance is hardly trusted
+    assert fd.confidence(Feature(4, "curated", curated=True, extra={"score": 0.5})) == fd.MIN_CONFIDENCE
 
 
 def test_evaluate_labels_report(lexicon):

@@ -55,6 +55,33 @@ def trim(text: str) -> str:
     return text
 
 
+def garbled(text: str) -> str | None:
+    """What makes a reply unreadable, or None: steering far past a feature's range breaks text
+    into runs of punctuation ("- - –"), invisible characters, or capitalised non-words
+    ("SATOVENTIUM FRIBTERONEUISEATOB"). Plain short replies pass.
+
+    >>> garbled("I'm a"), garbled("- - – - -"), garbled("I'm a\u2063\u2063\u2063")
+    (None, 'mostly punctuation', 'invisible characters')
+    >>> garbled("SATOVENTIUM FRIBTERONEUISEATOB ARKENTOLIUM")
+    'capitalised non-words'
+    """
+    import unicodedata
+
+    visible = [c for c in text if not c.isspace()]
+    if not visible:
+        return None
+    hidden = sum(unicodedata.category(c) in ("Cf", "Co", "Cn", "Cc") for c in visible)
+    if hidden >= 2 or hidden > len(visible) / 10:
+        return "invisible characters"
+    if len(visible) >= 3 and sum(c.isalnum() for c in visible) < 0.4 * len(visible):
+        return "mostly punctuation"
+    words = [w.group() for w in _WORD.finditer(text)]
+    shouting = [w for w in words if len(w) >= 8 and w.isupper()]
+    if len(words) >= 2 and len(shouting) >= max(2, len(words) / 3):
+        return "capitalised non-words"
+    return None
+
+
 def bad_reply(text: str) -> str | None:
     """Why a reply should not go back to the model as it is ("empty", "loops"), or None."""
     if not text.strip():

@@ -61,9 +61,10 @@ def confidence(f: Feature) -> float:
     """How far the feature's name can be trusted, in 0.2..1, from its detection score: a name
     that predicts where the feature fires (score >= 0.8) counts fully, one no better than chance
     (0.5), or one scored on fewer than MIN_SCORED_FIRES held-out firings, hardly. Curated
-    features, and catalogs without scores, count fully."""
+    features too: a curated name says what the feature writes, which may not be where it fires.
+    Catalogs without scores count fully."""
     score, fires = f.extra.get("score"), f.extra.get("heldout_fires")
-    if f.curated or not isinstance(score, (int, float)):
+    if not isinstance(score, (int, float)):
         return 1.0
     if isinstance(fires, int) and fires < MIN_SCORED_FIRES:
         return MIN_CONFIDENCE
