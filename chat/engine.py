@@ -157,24 +157,27 @@ class Engine:
         return self._concepts
 
     def concept(self, concept: str, scale: float | None = None,
-                progress: Callable[[float, str], None] | None = None) -> Concept:
+                progress: Callable[[float, str], None] | None = None,
+                cancel: threading.Event | None = None) -> Concept:
         """Ready steering toward `concept` ("ocean", or "ocean=2" for twice the measured strength):
         features, mode and strengths chosen by a measured search (chat/steer/concept.py, ~15 s the
         first time, then cached). A negative scale pushes the same features the other way, to
-        keep the concept out. ConceptError (one line) when no feature writes it."""
+        keep the concept out. ConceptError (one line) when no feature writes it; `cancel`, once
+        set, ends a search (chat.errors.Cancelled; nothing is kept)."""
         word, parsed = parse_concept(concept)
         scale = parsed if scale is None else scale
         if self.placeholder:
             raise ConceptError("the placeholder dictionary's features are random; load a trained dictionary "
                                "to steer toward a concept")
         try:
-            found = self._measured(word, progress)
+            found = self._measured(word, progress, cancel)
         except ConceptError as e:
             near = related(word, self.concepts.found())
             raise ConceptError(f"{e}. Near it, these work: {', '.join(near)}" if near else str(e)) from None
         return found.scaled(scale)
 
-    def _measured(self, word: str, progress: Callable[[float, str], None] | None) -> Concept:
+    def _measured(self, word: str, progress: Callable[[float, str], None] | None,
+                  cancel: threading.Event | None = None) -> Concept:
         """The cached concept, else one search (kept, found or not); ConceptError when nothing writes it."""
         found = self.concepts.get(word)
         if found is None:
@@ -182,7 +185,7 @@ class Engine:
                 found = self.concepts.get(word)  # another request may have searched it meanwhile
                 if found is None:
                     try:
-                        found = find(self, word, progress)
+                        found = find(self, word, progress, cancel)
                     except ConceptError as e:
                         self.concepts.put(e, word)
                         raise

@@ -12,5 +12,9 @@ class GenerationError(RuntimeError):
     """Generation failed or stalled; the message says why."""
 
 
+class Cancelled(Exception):
+    """A long measurement (a concept search) was cancelled by its user; nothing was kept."""
+
+
 # ValueError covers SteeringError, PromptError, DictionaryError and bad GenerationSettings.
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FeatureNotFound, ModelLoadError, GenerationError)

@@ -436,3 +436,32 @@ def test_bad_requests_give_errors_and_the_server_stays_up(client):
     with pytest.raises(AppError, match="empty search query"):
         client.predict("  ", api_name="/search")
     assert client.predict("Hi", {}, "add", 4, api_name="/generate")["text"] is not None
+
+
+def test_a_concept_search_can_be_cancelled(engine, monkeypatch):
+    """Cancel ends a running search within a decoding step; the rows stay, nothing is cached."""
+    import threading
+
+    import chat.steer.concept as concept_module
+
+    steer = SteerHandlers(EngineLoader.ready(engine))
+    request = type("Request", (), {"session_hash": "s1"})()
+    real = concept_module.replies
+    started = threading.Event()
+
+    def slow_replies(*args, cancel=None, **kwargs):
+        started.set()
+        assert cancel is not None and cancel.wait(timeout=30)  # held until the user cancels
+        return real(*args, cancel=cancel, **kwargs)
+
+    monkeypatch.setattr(concept_module, "replies", slow_replies)
+    kept = [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)]
+    out = []
+    worker = threading.Thread(target=lambda: out.append(steer.concept("umbrella", kept, "add", 2.0, request=request)))
+    worker.start()
+    assert started.wait(timeout=30)
+    steer.cancel_concept(request=request)
+    worker.join(timeout=60)
+    view = out[0]
+    assert [(r.id, r.strength) for r in view[0]] == [(BRIDGE, 2.0)] and view[-1].startswith("**Cancelled.**")
+    assert engine.concepts.get("umbrella") is None and not steer._searches

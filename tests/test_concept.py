@@ -147,7 +147,7 @@ def test_reading_profile_finds_the_features_that_fire_on_the_word(engine):
 def test_engine_concept_searches_once_then_answers_from_the_cache(engine, monkeypatch):
     calls = []
 
-    def fake_find(eng, word, progress=None):
+    def fake_find(eng, word, progress=None, cancel=None):
         calls.append(word)
         if word == "anger":
             raise ConceptError("no feature of this dictionary makes the model say 'anger'")
@@ -223,7 +223,7 @@ def test_add_concept_rows_fill_the_panel():
 def test_concept_benchmark_rows_and_table(engine, monkeypatch):
     from chat.measure import concept_bench
 
-    def fake_find(eng, word, progress=None):
+    def fake_find(eng, word, progress=None, cancel=None):
         if word == "anger":
             raise ConceptError("no feature of this dictionary makes the model say 'anger'")
         return Concept(word, "add", ((5, 4.0),), (1.0, 1.0), 1.0, 1.0, (word,))

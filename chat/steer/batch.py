@@ -13,12 +13,14 @@ search's screen takes 10 s instead of 22 on 2 cores.
 """
 from __future__ import annotations
 
+import threading
 from typing import NamedTuple, Sequence
 
 import torch
 from torch import Tensor
 from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
+from chat.errors import Cancelled
 from chat.steer.generate import decoding_processors
 from chat.steer.settings import GenerationSettings
 from chat.steer.hooks import attach
@@ -33,12 +35,15 @@ class BatchReply(NamedTuple):
 
 
 class _RowsDone(StoppingCriteria):
-    """A row is done once its reply has ended (special token or stop string)."""
+    """A row is done once its reply has ended (special token or stop string); every row, once
+    `cancel` is set."""
 
-    def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...]):
-        self.tokenizer, self.prompt_len, self.stops = tokenizer, prompt_len, stops
+    def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...], cancel: threading.Event | None = None):
+        self.tokenizer, self.prompt_len, self.stops, self.cancel = tokenizer, prompt_len, stops, cancel
 
     def __call__(self, input_ids: Tensor, scores: Tensor, **kwargs) -> Tensor:
+        if self.cancel is not None and self.cancel.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         done = []
         for row in input_ids[:, self.prompt_len:].tolist():
             done.append(reply_length(self.tokenizer, row, self.stops, final=True) < len(row))
@@ -72,11 +77,15 @@ class RowSteerer:
 
 
 def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering | None] | None = None,
-            max_new_tokens: int = 32, settings: GenerationSettings | None = None) -> list[BatchReply]:
+            max_new_tokens: int = 32, settings: GenerationSettings | None = None,
+            cancel: threading.Event | None = None) -> list[BatchReply]:
     """A reply to each conversation in `messages`, steered by `steering` (one for all, or one
     per row). `settings`: plain greedy unless given; with temperature 0 only (a sweep compares
     replies, so they must be reproducible); no_repeat_ngram guards each reply, not the
-    conversation's earlier replies."""
+    conversation's earlier replies. `cancel`, once set, ends the batch within a step and raises
+    chat.errors.Cancelled."""
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
     settings = settings or GenerationSettings.greedy()
     if settings.temperature:
         raise ValueError("batched replies are greedy: temperature must be 0")
@@ -109,7 +118,9 @@ def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering |
                                     do_sample=False, pad_token_id=pad,
                                     eos_token_id=lm.model.generation_config.eos_token_id,
                                     logits_processor=processors,
-                                    stopping_criteria=StoppingCriteriaList([_RowsDone(tok, width, stops)]))
+                                    stopping_criteria=StoppingCriteriaList([_RowsDone(tok, width, stops, cancel)]))
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("cancelled")
     result = []
     for p, row in zip(prompts, out[:, width:].tolist()):
         n = reply_length(tok, row, p.stop_strings, final=True)

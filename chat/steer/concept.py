@@ -243,13 +243,14 @@ def cosines(dictionary, direction: Tensor) -> Tensor:
 
 
 def attribution(engine, token_ids: Sequence[int], prompts: Sequence[str] = SEARCH_PROMPTS,
-                settings: GenerationSettings | None = None, positions: int = 4) -> Tensor:
+                settings: GenerationSettings | None = None, positions: int = 4,
+                cancel: threading.Event | None = None) -> Tensor:
     """(d_sae,) how directly adding each feature raises the concept's tokens at the start of the
     replies to `prompts`: the cosine of its decoder direction with `concept_gradient`. Cosine,
     not the first-order lift at max activation: steering strengths are far outside the linear
     regime, and the lift would rank first the few features with outsized activations whatever
     the concept."""
-    starts = replies(engine, prompts, None, positions - 1, settings or GenerationSettings())
+    starts = replies(engine, prompts, None, positions - 1, settings or GenerationSettings(), cancel=cancel)
     sequences = [r.prompt_ids + r.token_ids for r in starts]
     # the last prompt position predicts the first reply token: one more than the reply's tokens
     n = min(positions, 1 + min(len(r.token_ids) for r in starts))
@@ -257,7 +258,7 @@ def attribution(engine, token_ids: Sequence[int], prompts: Sequence[str] = SEARC
 
 
 def candidates(engine, word: str, terms: Sequence[str], token_ids: Sequence[int],
-               settings: GenerationSettings) -> list[Setting]:
+               settings: GenerationSettings, cancel: threading.Event | None = None) -> list[Setting]:
     """Steerings worth trying at unit scale: the reading profile's top 1, 2 and 3 together (in
     their proportions), the catalog's name matches, features `discover` saw write one of
     `terms`, and the gradient's best."""
@@ -271,7 +272,7 @@ def candidates(engine, word: str, terms: Sequence[str], token_ids: Sequence[int]
     wanted = set(terms)
     writers = [f.id for f in engine.catalog if f.extra.get("writes") and live[f.id]
                and wanted & {w.lower() for w in f.extra["writes"] if isinstance(w, str)}][:WRITER_CANDIDATES]
-    scores = attribution(engine, token_ids, SEARCH_PROMPTS, settings)
+    scores = attribution(engine, token_ids, SEARCH_PROMPTS, settings, cancel=cancel)
     ranked = scores.masked_fill(~live, float("-inf")).topk(GRADIENT_CANDIDATES).indices.tolist()
     out += [((f, 1.0),) for f in named + writers + ranked]
     return list(dict.fromkeys(out))
@@ -313,11 +314,12 @@ def _confirmations(leaders: Sequence[Setting], best: dict[Setting, tuple[float, 
 
 
 def _trials(engine, settings_list: Sequence[Setting], terms: Sequence[str], settings: GenerationSettings,
-            prompts: Sequence[str] = SEARCH_PROMPTS, tokens: int = SEARCH_TOKENS) -> list[Trial]:
+            prompts: Sequence[str] = SEARCH_PROMPTS, tokens: int = SEARCH_TOKENS,
+            cancel: threading.Event | None = None) -> list[Trial]:
     """Every steering in `settings_list` on every prompt, in one batch."""
     messages = [p for _ in settings_list for p in prompts]
     steerings = [Steering(dict(s)) for s in settings_list for _ in prompts]
-    rows = replies(engine, messages, steerings, tokens, settings)
+    rows = replies(engine, messages, steerings, tokens, settings, cancel=cancel)
     n = len(prompts)
     out = []
     for k, s in enumerate(settings_list):
@@ -338,18 +340,20 @@ def _cost(engine, trial: Trial, baseline: float) -> float:
     return statistics.median(fluency(engine, trial.rows)) / baseline
 
 
-def find(engine, word: str, progress: Callable[[float, str], None] | None = None) -> Concept:
+def find(engine, word: str, progress: Callable[[float, str], None] | None = None,
+         cancel: threading.Event | None = None) -> Concept:
     """Measure which features, at which strengths, make replies to neutral prompts talk about
-    `word` while staying fluent. ConceptError when no candidate does."""
+    `word` while staying fluent. ConceptError when no candidate does; chat.errors.Cancelled,
+    within a decoding step, once `cancel` is set."""
     say = progress or (lambda fraction, message: None)
     settings = GenerationSettings()  # the chat's own decoding: what the app will do
     terms = concept_terms(word)
     token_ids = concept_token_ids(engine.lm.tokenizer, terms)
     say(0.05, f"finding the features that read and write {word!r}")
-    found = candidates(engine, word, terms, token_ids, settings)
+    found = candidates(engine, word, terms, token_ids, settings, cancel)
     say(0.15, f"trying {len(found)} candidates at {len(SCREEN_SCALES)} strengths")
     screen = _trials(engine, [_scaled(c, s) for c in found for s in SCREEN_SCALES], terms, settings,
-                     SEARCH_PROMPTS, SCREEN_TOKENS)
+                     SEARCH_PROMPTS, SCREEN_TOKENS, cancel)
     best: dict[Setting, tuple[float, float]] = {}  # each candidate's best scale: most mentions, then weakest
     for k, c in enumerate(c for c in found for _ in SCREEN_SCALES):
         rate, scale = screen[k].rate, SCREEN_SCALES[k % len(SCREEN_SCALES)]
@@ -360,10 +364,10 @@ def find(engine, word: str, progress: Callable[[float, str], None] | None = None
         raise ConceptError(f"no feature of this dictionary makes the model say {word!r}: none of the "
                            f"{len(found)} likeliest settings made a reply mention it")
     say(0.55, f"confirming the best {len(leaders)} in longer replies")
-    plain = replies(engine, SEARCH_PROMPTS, None, SEARCH_TOKENS, settings)
+    plain = replies(engine, SEARCH_PROMPTS, None, SEARCH_TOKENS, settings, cancel=cancel)
     baseline = statistics.median(fluency(engine, plain))
     plain_rate = mention_rate([r.text for r in plain], terms)
-    trials = _trials(engine, _confirmations(leaders, best), terms, settings)
+    trials = _trials(engine, _confirmations(leaders, best), terms, settings, cancel=cancel)
     say(0.85, "checking fluency")
     # The most mentions, then the weakest push (the likeliest to stay fluent), until one passes.
     order = sorted(trials, key=lambda t: (-t.rate, sum(abs(s) for _, s in t.features)))

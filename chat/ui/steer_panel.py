@@ -8,10 +8,13 @@ stay wired and browser tests can find them by elem_id); the session's rows live 
 from __future__ import annotations
 
 import functools
+import threading
+import time
 from dataclasses import dataclass
 
 import gradio as gr
 
+from chat.errors import Cancelled
 from chat.steer.concept import ConceptError, parse_concept
 from chat.steer.steering import MODES
 from chat.ui import steer_state as st
@@ -37,6 +40,7 @@ class SteerPanel:
     slots: list
     sliders: list
     removes: list
+    concept_cancel: gr.Button
 
     @property
     def view(self) -> list:
@@ -50,6 +54,7 @@ def build() -> SteerPanel:
         concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. ocean, fire, music",
                              scale=4, elem_id="concept")
         concept_go = gr.Button("Steer", size="sm", variant="primary", scale=1, min_width=60, elem_id="concept-go")
+        concept_cancel = gr.Button("Cancel", size="sm", scale=1, min_width=60, elem_id="concept-cancel")
     concept_note = gr.Markdown("", elem_id="concept-note", elem_classes="hint")
     query = gr.Textbox(label="Find a feature", placeholder="a name or an id, e.g. bridge", elem_id="feature-search")
     matches = gr.Dropdown(label="Matches", choices=[], value=None, interactive=True, elem_id="feature-matches")
@@ -68,7 +73,7 @@ def build() -> SteerPanel:
     mode = gr.Radio(list(MODES), value="add", label="Mode", info=MODE_HELP, elem_id="steer-mode")
     reset = gr.Button("Reset all", size="sm", elem_id="steer-reset")
     return SteerPanel(concept, concept_go, concept_note, gr.State([]), mode, query, matches, add, watch, reset,
-                      slots, sliders, removes)
+                      slots, sliders, removes, concept_cancel)
 
 
 def render(rows: list[st.SteerRow]) -> list:
@@ -85,6 +90,7 @@ class SteerHandlers:
 
     def __init__(self, loader: EngineLoader):
         self.loader = loader
+        self._searches: dict[str | None, threading.Event] = {}  # session -> its running concept search
 
     @reported
     def find(self, query: str):
@@ -114,10 +120,25 @@ class SteerHandlers:
         return render(rows)
 
     @reported
-    def concept(self, text: str, rows, mode, *values, progress=gr.Progress()):
+    def concept(self, text: str, rows, mode, *values, progress=gr.Progress(), request: gr.Request = None):
         """Find the steering toward a concept (measured once, ~20 s; then cached) and put its
         features in the panel at their measured strengths, in add mode. Outputs: the view, the
-        mode, the note."""
+        mode, the note. The session's Cancel button ends a search (`cancel_concept`)."""
+        key = getattr(request, "session_hash", None)
+        cancel = self._searches[key] = threading.Event()
+        try:
+            return self._concept(text, rows, mode, values, progress, cancel)
+        finally:
+            if self._searches.get(key) is cancel:
+                del self._searches[key]
+
+    def cancel_concept(self, request: gr.Request = None) -> None:
+        """Stop this session's running concept search (within a decoding step); nothing is kept."""
+        event = self._searches.get(getattr(request, "session_hash", None))
+        if event is not None:
+            event.set()
+
+    def _concept(self, text: str, rows, mode, values, progress, cancel: threading.Event):
         engine = self.loader.get()
         kept = [*render(st.with_values(rows, values)), mode]
         try:
@@ -125,11 +146,21 @@ class SteerHandlers:
         except ValueError as e:  # malformed: a one-line warning and a note, nothing lost. Raising would
             gr.Warning(str(e))   # mark the mode and the note with Error badges that outlive the next actions
             return [*kept, f"**Not steered:** {e}"]
-        progress(0.0, desc="looking it up (a new concept is measured once, about 30 s)")
+        progress(0.0, desc="looking it up (a new concept is measured once: 20-30 s on a quiet 2-core machine)")
+        started = time.monotonic()
+
+        def report(fraction: float, message: str) -> None:  # the estimate from this search's own pace
+            spent = time.monotonic() - started
+            left = f", about {spent * (1 - fraction) / fraction:.0f} s left" if fraction >= 0.15 else ""
+            progress(fraction, desc=f"{message} ({spent:.0f} s so far{left}; Cancel stops it)")
+
         try:
-            found = engine.concept(text or "", progress=lambda f, message: progress(f, desc=message))
+            found = engine.concept(text or "", progress=report, cancel=cancel)
         except ConceptError as e:  # a word nothing writes is an answer: said beside the box, the rows kept
             return [*kept, f"**Not steered:** {e}"]
+        except Cancelled:
+            gr.Info("Cancelled: nothing was measured or kept.")
+            return [*kept, "**Cancelled.** The sliders are as they were."]
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
         rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
                                               for f, s in found.strengths.items()])
@@ -167,6 +198,7 @@ def wire(panel: SteerPanel, handlers: SteerHandlers) -> None:
                    show_progress="full", **private)
     panel.concept.submit(**concept)
     panel.concept_go.click(**concept)
+    panel.concept_cancel.click(handlers.cancel_concept, None, None, queue=False, **private)  # not behind the search
     panel.add.click(handlers.add, [panel.matches, panel.rows, panel.mode, *panel.sliders], panel.view, **private)
     for i, button in enumerate(panel.removes):
         button.click(functools.partial(handlers.remove, i), [panel.rows, *panel.sliders],
