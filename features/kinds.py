@@ -21,6 +21,8 @@ AFTER = "after a word"  # the word just before is what it reads
 FUNCTION = "function words"  # "the", "of", "unto": grammar, not a concept
 PROPER = "proper names"  # names no dictionary has: "Abram", "Stinner"
 DENSE = "dense"
+MIXED = "mixed"  # named after a concept that does not predict where it fires: its words, said as such
+CONCEPT_MIN_SCORE = 0.75  # a concept name must predict the feature's held-out firings this well
 # kind -> its plain name. Punctuation and white space get finer names from PUNCTUATION_NAMES.
 NAMES = {
     "punctuation": "punctuation",
@@ -49,6 +51,25 @@ whose whatsoever wherefore also let lest yea nay amen o oh ah among within witho
 around via per onto although though whether yet either neither cannot unless since whereas whilst hence
 thus therefore however whom whoever whatever whichever something anything nothing everything someone
 anyone everyone somebody anybody nobody""".split())
+
+
+def honest(name: str, kind: str, reads: list[str], score: float | None) -> tuple[str, str]:
+    """(name, kind) that says where a feature fires: a concept name only where it predicts the
+    firings on held-out text (score >= CONCEPT_MIN_SCORE); otherwise the words it reads, said as
+    such ("mixed: color, give, Changes"). A one-word feature says it is a word ("word: coffee").
+
+    >>> honest("sea, self and match", CONCEPT, ["sea", "self", "match"], 0.55)
+    ('mixed: sea, self, match', 'mixed')
+    >>> honest("weather", CONCEPT, ["rain", "snow"], 0.9), honest("coffee", WORD, ["coffee"], 0.95)
+    (('weather', 'concept'), ('word: coffee', 'word'))
+    """
+    if kind == CONCEPT and (score is None or score < CONCEPT_MIN_SCORE) and reads:
+        return "mixed: " + ", ".join(reads[:3]), MIXED
+    if kind == WORD and not name.startswith("word: "):
+        return f"word: {name}", WORD
+    return name, kind
+
+
 FORM_KINDS = frozenset({"punctuation", "space", DENSE, "contraction", "word piece", FUNCTION})
 DENSE_FRACTION = 0.2  # fires on more than this share of tokens: "almost every token" for a reader
 PUNCTUATION_NAMES = {

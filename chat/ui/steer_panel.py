@@ -76,6 +76,19 @@ def build() -> SteerPanel:
                       slots, sliders, removes, concept_cancel)
 
 
+def _writes(catalog, features) -> str:
+    """What the chosen features make the model say when amplified (discover's words), so a
+    feature named for where it fires still shows what it writes."""
+    said = []
+    for f in features:
+        writes = [w for w in catalog[f].extra.get("writes") or [] if isinstance(w, str)][:4]
+        if writes:
+            said.append(f"#{f} writes: {', '.join(writes)}")
+        else:
+            said.append(f"#{f} {catalog.label(f)}")
+    return "  \n" + " · ".join(said) if said else ""
+
+
 def render(rows: list[st.SteerRow]) -> list:
     """Outputs for SteerPanel.view."""
     shown = [gr.Row(visible=i < len(rows)) for i in range(st.MAX_ROWS)]
@@ -174,7 +187,7 @@ class SteerHandlers:
             note = (f"Steering toward **{found.concept}**{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the "
                     f"search, {found.rate:.0%} of replies to everyday prompts mentioned it and stayed fluent{band}. "
                     "A negative scale (e.g. `rain=-1`) keeps it out.")
-        return [*render(rows), "add", note]
+        return [*render(rows), "add", note + _writes(engine.catalog, found.strengths)]
 
     @reported
     def remove(self, index: int, rows, *values):

@@ -414,8 +414,9 @@ def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: fl
     writes = extra.get("writes")
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
-    name = before.label if before.curated else row["name"]
-    extra |= {"name": name, "kind": "curated" if before.curated else row["kind"], "reads": row["reads"],
+    name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"])
+    name = before.label if before.curated else name
+    extra |= {"name": name, "kind": "curated" if before.curated else kind, "reads": row["reads"],
               "score": row["score"], "heldout_fires": row["heldout_fires"]}
     return replace(before, label=name,
                    max_activation=before.max_activation if before.max_activation is not None else max_activation,
