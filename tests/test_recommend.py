@@ -57,6 +57,22 @@ def test_cli_writes_recommended_into_the_catalog(tiny_lm, tiny_model_dir, tmp_pa
     engine.catalog.save(folder)
     assert main(["recommend", "--model", str(tiny_model_dir), "--dictionary", str(folder), "--limit", "4"]) == 0
     saved = Catalog.load(folder, 16)
-    expected = recommend.recommend(_engine(tiny_lm), [0, 1, 2, 3], progress=False)
+    expected = recommend.keep_fluent(engine, recommend.recommend(_engine(tiny_lm), [0, 1, 2, 3], progress=False))
     assert {i: saved[i].extra.get("recommended") for i in range(4)} == expected
     assert "recommended" not in saved[4].extra and saved[4].label == "f4"  # the rest as they were
+
+
+def test_a_recommended_strength_keeps_the_reply_fluent(tiny_lm, monkeypatch):
+    """A strength that changes the reply by breaking it is not recommended: one grid step lower
+    is, where that stays fluent and still changes the reply, else none."""
+    engine = _engine(tiny_lm)
+    breaks_above_1 = lambda eng, features, strengths, batch_size=32: [s <= 1.0 for s in strengths]
+    monkeypatch.setattr(recommend, "fluent", breaks_above_1)
+    monkeypatch.setattr(recommend, "changed", lambda eng, seq, features, strengths, batch_size=64: [1.0] * len(features))
+    assert recommend.keep_fluent(engine, {0: 2.0, 1: 1.0, 2: None, 3: 8.0, 4: 0.5}) == {
+        0: 1.0, 1: 1.0, 2: None, 3: None, 4: 0.5}
+
+
+def test_fluency_is_the_concept_searchs_rule(tiny_lm):
+    engine = _engine(tiny_lm)
+    assert recommend.fluent(engine, [0, 5], [0.0, 0.0]) == [True, True]  # unsteered: as fluent as itself

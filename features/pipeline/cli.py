@@ -485,13 +485,13 @@ def cmd_recommend(args) -> None:
 
     from chat.engine import load
     from features.catalog import Catalog
-    from features.pipeline.recommend import recommend
+    from features.pipeline.recommend import keep_fluent, recommend
 
     engine = load(args.model, args.dictionary, args.layer)
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
     live = [f.id for f in catalog if f.max_activation is not None]
-    found = recommend(engine, live[:args.limit] if args.limit else live)
+    found = keep_fluent(engine, recommend(engine, live[:args.limit] if args.limit else live))
     features = {f: replace(catalog[f], extra=catalog[f].extra | {"recommended": s}) for f, s in found.items()}
     path = _save_with(catalog, folder, features)
     counts = {s: sum(v == s for v in found.values()) for s in sorted({v for v in found.values() if v is not None})}

@@ -5,8 +5,12 @@ reply, so that a slider added for it starts where it does something (chat/ui/ste
 A feature is added (add mode, strength s in multiples of its max activation) on PROMPT, teacher-
 forced on the unsteered greedy reply's first POSITIONS tokens; the reply changes visibly when the
 greedy next token changes at half of those positions or more. Bisection over GRID (three
-batched passes per feature): `recommended` is the lowest grid strength that changes the reply,
-or None when even the highest does not. Stored in features.json as `recommended`.
+batched passes per feature) finds the lowest grid strength that changes the reply. A strength
+that changes the reply by breaking it is no use to a person, so that strength must also keep
+the reply fluent: the steered reply, generated with the chat's own settings, costs at most
+chat.steer.concept.MAX_COST times the unsteered reply's perplexity (the concept search's rule);
+if it does not, one grid step lower is tried. `recommended` is what passes both, or None. Stored
+in features.json as `recommended`.
 
     python -m features recommend --dictionary assets/dictionary
 """
@@ -51,7 +55,8 @@ def changed(engine, seq: Sequence[int], features: Sequence[int], strengths: Sequ
 
 
 def recommend(engine, features: Sequence[int], progress: bool = True) -> dict[int, float | None]:
-    """{feature: the lowest GRID strength that changes the reply, or None}."""
+    """{feature: the lowest GRID strength that changes the reply, or None} (before the fluency
+    check: `keep_fluent`)."""
     from tqdm.auto import tqdm
 
     seq = teacher(engine)
@@ -73,6 +78,43 @@ def recommend(engine, features: Sequence[int], progress: bool = True) -> dict[in
         bar.update(len(todo))
     bar.close()
     return best
+
+
+def fluent(engine, features: Sequence[int], strengths: Sequence[float], batch_size: int = 32) -> list[bool]:
+    """Whether each feature, added at its strength, leaves the chat's reply to PROMPT fluent."""
+    from chat.steer.batch import replies
+    from chat.steer.concept import MAX_COST, SEARCH_TOKENS, fluency
+    from chat.steer.settings import GenerationSettings
+    from chat.steer.steering import Steering
+
+    settings = GenerationSettings()  # what the app does with the slider
+    (plain,) = fluency(engine, replies(engine, [PROMPT], None, SEARCH_TOKENS, settings))
+    out: list[bool] = []
+    for a in range(0, len(features), batch_size):
+        rows = [Steering({f: s}) for f, s in zip(features[a:a + batch_size], strengths[a:a + batch_size])]
+        costs = fluency(engine, replies(engine, [PROMPT] * len(rows), rows, SEARCH_TOKENS, settings))
+        out += [c <= MAX_COST * plain for c in costs]
+    return out
+
+
+def keep_fluent(engine, found: dict[int, float | None]) -> dict[int, float | None]:
+    """`found`'s strengths where they keep the reply fluent, else one grid step lower where that
+    does (and still changes the reply), else None."""
+    out = dict(found)
+    todo = [f for f, s in found.items() if s is not None]
+    ok = fluent(engine, todo, [found[f] for f in todo])
+    lower = [f for f, good in zip(todo, ok) if not good and GRID.index(found[f]) > 0]
+    for f, good in zip(todo, ok):
+        if not good:
+            out[f] = None
+    if lower:
+        seq = teacher(engine)
+        steps = [GRID[GRID.index(found[f]) - 1] for f in lower]
+        shares = changed(engine, seq, lower, steps)
+        for f, s, share, good in zip(lower, steps, shares, fluent(engine, lower, steps)):
+            if good and share >= MIN_CHANGED / 2:  # a gentler change, still visible
+                out[f] = s
+    return out
 
 
 def teacher(engine) -> list[int]:
