@@ -21,7 +21,10 @@ import time  # noqa: E402
 
 import gradio as gr  # noqa: E402
 
-from chat.ui import api, chat_panel, fired_panel, steer_panel, tryit
+if __name__ == "__main__":  # the panels import transformers, which the loading thread may be importing
+    _BEGUN.loader.imported.wait()
+
+from chat.ui import api, chat_panel, fired_panel, steer_panel, tryit  # noqa: E402
 from chat.ui import steer_state
 from chat.ui.early import Begun, parse_args
 from chat.ui.loader import EngineLoader

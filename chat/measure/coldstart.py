@@ -18,6 +18,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -105,13 +106,16 @@ def app_start(ref: dict, fast: bool = True, timeout: float = 300) -> dict:
     for flag in ("model", "dictionary", "layer", "device"):
         if ref.get(flag) is not None:
             args += [f"--{flag}", str(ref[flag])]
+    log = tempfile.TemporaryFile(mode="w+")  # read only when the app fails: a pipe nobody reads would block it
     start = time.time()
-    proc = subprocess.Popen(args, cwd=REPO, env=_env(fast), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(args, cwd=REPO, env=_env(fast), stdout=log, stderr=subprocess.STDOUT)
     base, out = f"http://127.0.0.1:{port}/", {}
     try:
         while "app_s" not in out:
             if time.time() - start > timeout or proc.poll() is not None:
-                raise RuntimeError("the app did not come up")
+                log.seek(0)
+                last = (log.read().strip().splitlines() or ["no output"])[-1]
+                raise RuntimeError(f"the app did not come up ({last})")
             page = _get(base)
             if page is not None:
                 out.setdefault("page_s", time.time() - start)
@@ -126,6 +130,7 @@ def app_start(ref: dict, fast: bool = True, timeout: float = 300) -> dict:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        log.close()
     return out
 
 
