@@ -4,14 +4,15 @@
                   [--host H] [--port N] [--concurrency N]
 
 Environment variables (for Spaces): STEERCHAT_MODEL, STEERCHAT_DICTIONARY, STEERCHAT_LAYER,
-STEERCHAT_PRESET. Nothing heavy happens at import: `build_demo` makes the UI, `main` starts
-loading the engine in the background and launches; the model loads once.
+STEERCHAT_PRESET. Run as a script, it first holds its address with a starting page
+(chat/ui/early.py), then imports Gradio. No model loads at import: `build_demo` makes the UI,
+`main` starts loading the engine in the background and launches; the model loads once.
 """
 from __future__ import annotations
 
 import sys
 
-if __name__ == "__main__":  # before Gradio's ~3 s import: answer the browser, start loading the model
+if __name__ == "__main__":  # before Gradio's ~3 s import: answer the browser at once
     from chat.ui.early import begin
 
     _BEGUN = begin(sys.argv[1:], __doc__)
@@ -20,9 +21,6 @@ import functools  # noqa: E402 - after the early start, on purpose
 import time  # noqa: E402
 
 import gradio as gr  # noqa: E402
-
-if __name__ == "__main__":  # the panels import transformers, which the loading thread may be importing
-    _BEGUN.loader.imported.wait()
 
 from chat.ui import api, chat_panel, fired_panel, steer_panel, tryit  # noqa: E402
 from chat.ui import steer_state
@@ -84,6 +82,7 @@ def launch_options() -> dict:
 def main(argv: list[str] | None = None, begun: Begun | None = None) -> None:
     """Start the app; `begun`: what `early.begin` started before this module's imports."""
     begun = begun or Begun.start(parse_args(argv, __doc__))
+    begun.loader.start()  # in the background (after the imports: started earlier, it only shared their CPU)
     demo = build_demo(begun.loader, concurrency_limit=begun.args.concurrency)
     begun.release_port()  # the starting page steps aside; its next reload finds the app
     demo.queue(max_size=64).launch(server_name=begun.args.host, server_port=begun.args.port, **launch_options())

@@ -39,14 +39,10 @@ def test_a_taken_port_leaves_the_error_to_gradio():
         page.close()
 
 
-def test_begin_parses_the_options_and_starts_loading(monkeypatch):
-    from chat.ui.loader import EngineLoader
-
-    started = []
-    monkeypatch.setattr(EngineLoader, "start", lambda self: started.append(self))
+def test_begin_parses_the_options_and_holds_the_address(monkeypatch):
     begun = early.begin(["--port", "0", "--concurrency", "2"])
     try:
-        assert begun.args.concurrency == 2 and started == [begun.loader] and begun.page is not None
+        assert begun.args.concurrency == 2 and not begun.loader.loaded and begun.page is not None
     finally:
         begun.release_port()
     assert begun.page is None

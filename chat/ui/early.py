@@ -1,8 +1,10 @@
 """The app's first second: its options, a page that answers at once, the model loading.
 
 Importing Gradio alone takes ~3 s here, and a newcomer's browser should not meet a refused
-connection, so app.py calls `begin` before that import: it parses the options, starts the
-engine loading in the background, and holds the app's address with a starting page.
+connection, so app.py calls `begin` before that import: it parses the options and holds the
+app's address with a starting page. (Starting the model's load here too made the first reply
+0.5 s later, not sooner: the imports of both threads share one interpreter lock, and
+transformers' lazy module is not safe to import from two threads at once.)
 
 `StartingPage(host, port)` serves, from the standard library only, a small page that says the
 app is starting and reloads itself every second; any other path gets 503 with Retry-After, so an
@@ -111,7 +113,7 @@ def parse_args(argv: list[str] | None, description: str | None = None) -> argpar
 
 @dataclass
 class Begun:
-    """What `begin` started: the options, the engine loader (loading), the starting page."""
+    """What `begin` started: the options, the engine loader (not loading yet), the starting page."""
 
     args: argparse.Namespace
     loader: object  # chat.ui.loader.EngineLoader
@@ -133,8 +135,6 @@ class Begun:
         loader = EngineLoader(model, dictionary, args.layer, device=args.device or ("cuda" if zero else None))
         if zero:
             loader.get()  # ZeroGPU wants the weights on "cuda" before the first request forks
-        else:
-            loader.start()  # the status line shows its progress
         return cls(args, loader, page)
 
     def release_port(self) -> None:
@@ -144,6 +144,6 @@ class Begun:
 
 
 def begin(argv: list[str], description: str | None = None) -> Begun:
-    """Parse the options, hold the address with the starting page, start loading the engine."""
+    """Parse the options and hold the address with the starting page."""
     args = parse_args(argv, description)
     return Begun.start(args, hold(args.host, args.port))

@@ -30,12 +30,6 @@ class EngineLoader:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()  # apart from _lock, which is held for the whole load
-        # Set once the engine's modules (torch, transformers) are imported, or the load failed:
-        # transformers' lazy module is not safe to import from two threads at once, so app.py
-        # imports its panels, which need it too, only after this.
-        self.imported = threading.Event()
-        if engine is not None:
-            self.imported.set()
 
     @classmethod
     def ready(cls, engine) -> "EngineLoader":
@@ -74,11 +68,8 @@ class EngineLoader:
         return self._error is not None
 
     def _load(self) -> None:
-        try:
-            from chat.engine import load
-            from chat.runtime.models import load_model
-        finally:
-            self.imported.set()
+        from chat.engine import load
+        from chat.runtime.models import load_model
 
         self._started = time.monotonic()
         try:
