@@ -121,20 +121,12 @@ def _engine(args, catalog=None):
 def _resolve_names(args, steer: dict[str, float]):
     """Feature names resolved against the catalog before the model loads, so a name that matches
     nothing fails in a second, not after a full start. Returns (catalog or None, {id: strength})."""
-    from chat.steer.steering import SteeringError
-
     if all(key.strip().isdecimal() for key in steer):
         return None, {int(key): s for key, s in steer.items()}
-    from chat.engine import load_catalog
+    from chat.engine import load_catalog, resolve_features
 
     catalog = load_catalog(args.model, args.dictionary, allow_pickle=args.allow_pickle)
-    resolved: dict[int, float] = {}
-    for key, strength in steer.items():
-        fid = catalog.resolve(key)
-        if fid in resolved:
-            raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
-        resolved[fid] = strength
-    return catalog, resolved
+    return catalog, resolve_features(catalog, steer)
 
 
 def cmd_reply(args) -> None:

@@ -73,6 +73,25 @@ class Encoded:
         ]
 
 
+def feature_id(catalog: Catalog, query: str | int) -> int:
+    """A feature id from an id or a label query (the catalog's best match)."""
+    if isinstance(query, bool) or not isinstance(query, (str, numbers.Integral)):
+        raise SteeringError(f"a feature is an id or a label query, got {query!r}")
+    return catalog.resolve(query)
+
+
+def resolve_features(catalog: Catalog, steer: Mapping) -> dict[int, float]:
+    """{feature id or label query: strength} -> {feature id: strength}; two keys that resolve to
+    one feature are an error."""
+    resolved: dict[int, float] = {}
+    for key, strength in steer.items():
+        fid = feature_id(catalog, key)
+        if fid in resolved:
+            raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
+        resolved[fid] = strength
+    return resolved
+
+
 class Engine:
     def __init__(self, lm: LoadedModel, dictionary: Dictionary, catalog: Catalog, layer: int,
                  dictionary_name: str, folder: Path | None = None):
@@ -121,9 +140,7 @@ class Engine:
         return self.catalog.search(query, top=top)
 
     def _feature_id(self, query: str | int) -> int:
-        if isinstance(query, bool) or not isinstance(query, (str, numbers.Integral)):
-            raise SteeringError(f"a feature is an id or a label query, got {query!r}")
-        return self.catalog.resolve(query)
+        return feature_id(self.catalog, query)
 
     def feature(self, query: str | int) -> Feature:
         return self.catalog[self._feature_id(query)]
@@ -139,13 +156,7 @@ class Engine:
             return steer.steering()
         if steer is not None and not isinstance(steer, Mapping):
             raise SteeringError(f"steering is a mapping {{feature: strength}}, got {type(steer).__name__}")
-        resolved: dict[int, float] = {}
-        for key, strength in (steer or {}).items():
-            fid = self._feature_id(key)
-            if fid in resolved:
-                raise SteeringError(f"{key!r} resolves to feature {fid}, which is already steered")
-            resolved[fid] = strength
-        return Steering(resolved, mode=mode)
+        return Steering(resolve_features(self.catalog, steer or {}), mode=mode)
 
     @property
     def concepts(self) -> ConceptCache:

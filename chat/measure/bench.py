@@ -44,7 +44,6 @@ STEERED_DECODE_TARGET = 45.0  # tok/s, the embedded model on the fast path, on o
 FIDELITY_TARGET = 1.02  # fast path / full precision: perplexity and FVU
 CHAT_DEFAULTS_TARGET = 0.95  # the chat's default settings / plain greedy decode speed
 PREFILL_TOKENS = 512
-REPO = Path(__file__).resolve().parents[2]
 
 
 @dataclass

@@ -87,15 +87,21 @@ def build(compiler: str, out: Path, timeout: float = BUILD_TIMEOUT_S) -> None:
         os.replace(target, out)
 
 
+def _wanted() -> tuple[str, Path] | None:
+    """(compiler, library path) where the kernels may be built and loaded here, else None (off,
+    not Linux, no compiler)."""
+    if os.environ.get("STEERCHAT_KERNELS", "1") == "0" or not sys.platform.startswith("linux"):
+        return None
+    compiler = shutil.which(os.environ.get("CXX", "c++"))
+    return (compiler, library_path(compiler)) if compiler is not None else None
+
+
 def ready() -> bool:
     """Whether `ops()` answers at once: loaded already, built, or known not to build here."""
-    if ops.cache_info().currsize or os.environ.get("STEERCHAT_KERNELS", "1") == "0":
+    if ops.cache_info().currsize:
         return True
-    compiler = shutil.which(os.environ.get("CXX", "c++"))
-    if compiler is None or not sys.platform.startswith("linux"):
-        return True
-    path = library_path(compiler)
-    return path.exists() or failure_file(path).exists()
+    wanted = _wanted()
+    return wanted is None or wanted[1].exists() or failure_file(wanted[1]).exists()
 
 
 @functools.lru_cache(maxsize=None)
@@ -104,15 +110,12 @@ def ops():
     decode_attention; None where they are not available (see the module docstring). Loaded once
     per process. A failed build is remembered beside where the library would be, and said
     once; deleting that file (or STEERCHAT_KERNELS=rebuild) tries again."""
-    setting = os.environ.get("STEERCHAT_KERNELS", "1")
-    if setting == "0" or not sys.platform.startswith("linux"):
+    wanted = _wanted()
+    if wanted is None:
         return None
-    compiler = shutil.which(os.environ.get("CXX", "c++"))
-    if compiler is None:
-        return None
-    path = library_path(compiler)
+    compiler, path = wanted
     failed = failure_file(path)
-    if failed.exists() and setting != "rebuild":
+    if failed.exists() and os.environ.get("STEERCHAT_KERNELS") != "rebuild":
         return None  # said when it failed; torch's own calls do the same work
     try:
         if not path.exists():
