@@ -159,9 +159,18 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
 
 
 def _embedded_tokenizer(path: Path):
-    """The embedded model's tokenizer, read by the Rust library alone: 0.9 s instead of 2.6 s of
-    cold start. AutoTokenizer would also parse the 33 MB tokenizer.json in Python, twice (to
-    rebuild a GemmaTokenizer and for the added tokens); the result tokenizes and decodes the same
+    """The embedded model's tokenizer: chat/runtime/tokenizer.py's arrays (milliseconds to load,
+    the same ids and text), with transformers' fast tokenizer behind it for anything else."""
+    from chat.runtime import tokenizer
+
+    full = functools.partial(_full_tokenizer, path)
+    return tokenizer.load(path, full) or full()
+
+
+def _full_tokenizer(path: Path):
+    """The tokenizer read by the Rust library alone: 0.9 s instead of 2.6 s of cold start.
+    AutoTokenizer would also parse the 33 MB tokenizer.json in Python, twice (to rebuild a
+    GemmaTokenizer and for the added tokens); the result tokenizes and decodes the same
     (tests/test_bench.py)."""
     from transformers import PreTrainedTokenizerFast
 
