@@ -13,7 +13,10 @@ from __future__ import annotations
 import sys
 
 if __name__ == "__main__":  # before Gradio's ~3 s import: answer the browser at once
+    from chat.runtime import gcpause
     from chat.ui.early import begin
+
+    gcpause.pause()  # until the engine is loaded (chat/runtime/gcpause.py)
 
     _BEGUN = begin(sys.argv[1:], __doc__)
 

@@ -1,5 +1,8 @@
 import sys
 
-from chat.cli import main
+from chat.runtime import gcpause
+
+gcpause.pause()  # until the engine is loaded (chat/runtime/gcpause.py)
+from chat.cli import main  # noqa: E402
 
 sys.exit(main())

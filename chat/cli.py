@@ -113,9 +113,14 @@ def _engine(args, catalog=None):
 
     from chat.engine import load
 
+    from chat.runtime import gcpause
+
     transformers.utils.logging.disable_progress_bar()  # the JSON contract: nothing but results and one-line errors
-    return load(args.model, args.dictionary, args.layer, device=args.device, allow_pickle=args.allow_pickle,
-                catalog=catalog)
+    try:
+        return load(args.model, args.dictionary, args.layer, device=args.device, allow_pickle=args.allow_pickle,
+                    catalog=catalog)
+    finally:
+        gcpause.resume()
 
 
 def _resolve_names(args, steer: dict[str, float]):

@@ -27,6 +27,22 @@ def test_converted_copy_is_cached(engine):
     assert engine.lm.n_layers == 18 and engine.lm.d_model == 640
 
 
+def test_bf16_copy_is_the_float32_conversion_cast(engine):
+    """A bf16 CPU reads the embedded weights from a bf16 copy saved at its first load: the same
+    tensors as casting the float32 conversion, so the int8 cache and every reply stay as they were."""
+    from safetensors.torch import load_file
+
+    from chat.runtime.models import _embedded_copy
+
+    if engine.lm.dtype != torch.bfloat16:
+        pytest.skip("this CPU runs the model in float32: no copy")
+    copy = _embedded_copy(embedded_model_dir(), torch.bfloat16)
+    assert copy is not None
+    full, half = load_file(embedded_model_dir() / "model.safetensors"), load_file(copy / "model.safetensors")
+    assert set(half) <= set(full) and half
+    assert all(torch.equal(half[k], full[k].to(torch.bfloat16)) for k in half)
+
+
 def test_hook_reads_raw_residual_not_normed(engine):
     """The hook point is model.layers[L]'s raw output (norms in the thousands), which is
     hidden_states[L + 1]; the last hidden state is after the final norm and must not be used."""

@@ -66,3 +66,29 @@ def test_the_app_answers_first_then_replies():
     ref = {"model": None, "dictionary": None, "layer": None, "device": None, "allow_pickle": False}
     run = coldstart.app_start(ref)
     assert 0 < run["page_s"] <= run["app_s"] <= run["first_reply_s"]
+
+
+def test_collecting_pauses_while_starting_and_resumes_after_the_load(tiny_model_dir, tmp_path):
+    """`python -m chat` pauses the collector until its engine is loaded, then freezes what the
+    start built and collects again; a library caller, which never paused, is left alone."""
+    import gc
+    import os
+    import subprocess
+    import sys
+
+    from chat.runtime import gcpause
+    from features import formats
+    from features.dictionary import Dictionary
+
+    dictionary_dir = tmp_path / "dictionary"
+    formats.save(Dictionary.random(32, 48, activation="topk", k=6, seed=4, hook_layer=1), dictionary_dir)
+    gcpause.resume()  # not paused: nothing happens
+    assert gc.isenabled() and gc.get_freeze_count() == 0
+    code = ("import gc, sys\nfrom chat.runtime import gcpause\ngcpause.pause()\nassert not gc.isenabled()\n"
+            "from chat.cli import main, _engine\nfrom chat.cli import build_parser\n"
+            f"args = build_parser().parse_args(['encode', 'hi', '--model', {str(tiny_model_dir)!r}, "
+            f"'--dictionary', {str(dictionary_dir)!r}])\n"
+            "_engine(args)\nassert gc.isenabled() and gc.get_freeze_count() > 1000, gc.get_freeze_count()\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "STEERCHAT_FAST": "0"})
+    assert done.returncode == 0, done.stderr[-2000:]

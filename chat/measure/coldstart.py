@@ -33,6 +33,8 @@ _CLI_CHILD = r"""
 import json, sys, time
 start = float(sys.argv[1]); ref = json.loads(sys.argv[2]); stamps = {}
 def stamp(name): stamps[name] = time.time() - start - sum(stamps.values())
+from chat.runtime import gcpause
+gcpause.pause()  # as `python -m chat` does
 import torch
 stamp("python and torch")
 import transformers
@@ -42,6 +44,7 @@ stamp("transformers and the engine's modules")
 lm = load_model(ref["model"], device=ref["device"])
 stamp("model: Gemma 3 modules, tokenizer, weights" + (", int8 form, kernels" if lm.weights == "int8" else ""))
 engine = load(ref["model"], ref["dictionary"], ref["layer"], device=ref["device"], allow_pickle=ref["allow_pickle"], lm=lm)
+gcpause.resume()
 stamp("dictionary and catalog")
 stream = engine.stream("Hi", max_new_tokens=8)
 tokens = iter(stream)

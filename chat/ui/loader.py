@@ -68,6 +68,14 @@ class EngineLoader:
         return self._error is not None
 
     def _load(self) -> None:
+        try:
+            self._load_engine()
+        finally:
+            from chat.runtime import gcpause
+
+            gcpause.resume()  # `python app.py` paused collecting until now (chat/runtime/gcpause.py)
+
+    def _load_engine(self) -> None:
         from chat.engine import load
         from chat.runtime.models import load_model
 
