@@ -165,6 +165,10 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     last = fd.LastReply(["a", "b", "c"], acts.to_sparse(), [])
     assert [h.id for h in fd.ranked(last, cat)] == [1]  # "the" is a function word: form
     assert fd.kind_of(cat[2]) == K.FUNCTION
+    # Honest names say "word: a"; contractions are function words too.
+    assert fd.kind_of(Feature(9, "word: a → beginner, game", extra={"kind": K.WORD})) == K.FUNCTION
+    assert fd.kind_of(Feature(9, "word: don't", extra={"kind": K.WORD})) == K.FUNCTION
+    assert fd.kind_of(Feature(9, "word: coffee", extra={"kind": K.WORD})) == K.WORD
     assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
     assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
     assert fd.kind_note(cat[3]) == " [punctuation]" and fd.kind_note(cat[1]) == ""

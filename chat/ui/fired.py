@@ -71,11 +71,15 @@ def confidence(f: Feature) -> float:
     return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))
 
 
+_CONTRACTIONS = frozenset({"dont", "doesnt", "didnt", "im", "ive", "its", "thats", "cant", "wont", "isnt", "youre"})
+
+
 def kind_of(f: Feature) -> str:
     """The feature's kind (features/kinds.py), "concept" where the catalog does not say; a
     one-word feature whose word is a function word ("a", "is") counts as function words."""
     kind = f.extra.get("kind")
-    if kind == WORD and not f.curated and f.label.lower() in FUNCTION_WORDS:
+    word = f.label.lower().removeprefix("word: ").split(" → ")[0]  # honest names: "word: a → writes" (features/kinds.py)
+    if kind == WORD and not f.curated and (word in FUNCTION_WORDS or word.replace("'", "") in _CONTRACTIONS):
         return FUNCTION
     return kind if isinstance(kind, str) and kind else CONCEPT
 
