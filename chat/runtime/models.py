@@ -161,17 +161,21 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     return target
 
 
+def _bf16_dir(path: Path) -> Path:
+    return path.with_name(path.name + "-bf16")
+
+
 def _embedded_copy(path: Path, dtype: torch.dtype) -> Path | None:
     """The bf16 copy of the embedded model's weights, where `dtype` is bf16 and it exists. The
     conversion keeps float32 (the GGUF's values exactly); a bf16 CPU reads half the bytes
     and skips the cast, 0.05 s instead of 0.3 s, and gets the same tensors."""
-    copy = path.with_name(path.name + "-bf16")
+    copy = _bf16_dir(path)
     return copy if dtype == torch.bfloat16 and (copy / "config.json").exists() else None
 
 
 def _save_copy(model: nn.Module, path: Path) -> None:
     """Save the loaded bf16 model beside its float32 conversion, once (about 2 s)."""
-    copy = path.with_name(path.name + "-bf16")
+    copy = _bf16_dir(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".bf16-"))
     try:
         model.save_pretrained(tmp)

@@ -33,7 +33,6 @@ from features.paths import cache_dir
 
 FORMAT = 1  # bump when what is stored changes
 LONG_TEXT = 4000  # characters; longer texts are encoded by `tokenizers` (Rust), which is faster once loaded
-_BYTE = re.compile(r"<0x([0-9A-Fa-f]{2})>")
 
 
 # Gemma's added tokens are tags ("<eos>", "<table>", "<unused12>"), runs of one whitespace
@@ -60,7 +59,7 @@ def supports(spec: dict) -> bool:
                 {"type": "ByteFallback"}, {"type": "Fuse"}]}
             and all(not a["normalized"] and not a["lstrip"] and not a["rstrip"] and not a["single_word"]
                     for a in spec.get("added_tokens", []))
-            # What `_candidates` assumes: whitespace runs of every length up to the longest, and
+            # What `_added_matches` assumes: whitespace runs of every length up to the longest, and
             # literals that cannot start or sit inside a tag or a run.
             and all(r == set(range(1, max(r) + 1)) for r in runs.values() if r)
             and all(re.fullmatch(_LITERAL, t) for t in literals))
@@ -122,6 +121,7 @@ class LeanTokenizer:
         self._special_ids = {i for i, s in zip(arrays["added_ids"].tolist(), arrays["added_special"].tolist()) if s}
         self._chars = dict(zip(self.convert_ids_to_tokens(arrays["char_ids"].tolist()), arrays["char_ids"].tolist()))
         self._byte_ids = arrays["byte_ids"].tolist()
+        self._byte_of = {i: b for b, i in enumerate(self._byte_ids)}  # <0xNN> token id -> its byte
         self._longest_run = max((len(t) for t in added if t[0] in "\n\t"), default=1)
         for role in ("bos", "eos", "unk", "pad", "mask"):
             token = config.get(f"{role}_token")
@@ -227,14 +227,12 @@ class LeanTokenizer:
             i = int(i)
             if not 0 <= i < self._n or (skip_special_tokens and i in self._special_ids):
                 continue
-            token = self.convert_ids_to_tokens(i)
-            byte = _BYTE.fullmatch(token) if len(token) == 6 else None
-            if byte:
-                pending.append(int(byte.group(1), 16))
+            if i in self._byte_of:
+                pending.append(self._byte_of[i])
                 continue
             if pending:
                 out.append(_flush(pending))
-            out.append(token.replace("\u2581", " "))
+            out.append(self.convert_ids_to_tokens(i).replace("\u2581", " "))
         if pending:
             out.append(_flush(pending))
         return "".join(out)
@@ -257,7 +255,7 @@ def load(folder: Path, full) -> LeanTokenizer | None:
     """The lean tokenizer of `folder`'s tokenizer.json (its arrays cached on first use), or None
     when that tokenizer is not one it reproduces. `full()` loads the transformers tokenizer."""
     from safetensors import SafetensorError
-    from safetensors.numpy import load_file, save_file
+    from safetensors.numpy import load_file, save
 
     source = folder / "tokenizer.json"
     try:
@@ -274,11 +272,10 @@ def load(folder: Path, full) -> LeanTokenizer | None:
         if not supports(spec):
             return None
         arrays = _arrays(spec)
+        from features.catalog import _write_atomic
+
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            save_file(arrays, str(tmp))
-            tmp.replace(path)
+            _write_atomic(path, save(arrays))
         except OSError:
             pass  # a read-only cache: the next load converts again
     return LeanTokenizer(arrays, config, full)
