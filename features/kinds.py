@@ -62,8 +62,10 @@ def honest(name: str, kind: str, reads: list[str], score: float | None) -> tuple
     ('mixed: sea, self, match', 'mixed')
     >>> honest("weather", CONCEPT, ["rain", "snow"], 0.9), honest("coffee", WORD, ["coffee"], 0.95)
     (('weather', 'concept'), ('word: coffee', 'word'))
+
+    Function words too: a feature whose grammar words do not predict it fires elsewhere.
     """
-    if kind == CONCEPT and (score is None or score < CONCEPT_MIN_SCORE) and reads:
+    if kind in (CONCEPT, FUNCTION) and (score is None or score < CONCEPT_MIN_SCORE) and reads:
         return "mixed: " + ", ".join(reads[:3]), MIXED
     if kind == WORD and not name.startswith("word: "):
         return f"word: {name}", WORD

@@ -92,6 +92,13 @@ def test_kinds_get_plain_names_never_fragments(lexicon):
     assert name(reads("Stinner", "bridge", "bridges"), lexicon) == ("bridge", K.WORD)  # the name left out
     unrelated = name(reads("bridge", "dog"), lexicon)
     assert unrelated == ("bridge and dog", K.CONCEPT)
+    # A chat log's speaker letter ("B: I'm fine") is what it reads, not the "a" behind it.
+    speaker = [Reading("B", "b", 0.9), Reading("a", "a", 0.1)]
+    assert name(speaker, lexicon) == ("B", K.WORD)
+    # Names that do not predict the firings say so, grammar words too.
+    assert K.honest("function words: can, be, to", K.FUNCTION, ["can", "be", "to"], 0.59) == \
+        ("mixed: can, be, to", K.MIXED)
+    assert K.honest("function words: what, that", K.FUNCTION, ["what", "that"], 0.9)[1] == K.FUNCTION
 
 
 # --- detection -----------------------------------------------------------------------------
@@ -121,6 +128,26 @@ def test_reads_name_and_detection_score(lexicon):
     text2 = read_text(firings2, decode2, vocab)
     score, n = detection(v, np.asarray([0, 1, 4]), text2)
     assert n == 3 and score == pytest.approx(0.5 * (2 / 3 + 1 / 2))
+
+
+def test_names_come_from_the_strong_firings(lexicon):
+    """Weak firings (below STRONG of the peak) neither name a feature nor count in its score."""
+    from features.pipeline.label import STRONG, Vocabulary, relabel
+
+    tokens = " the whales and the sharks saw the dolphin and the bridge".split(" ")
+    tokens = [tokens[0]] + [" " + t for t in tokens[1:]]
+    strong = [j for j, t in enumerate(tokens) if t.strip() in ("whales", "sharks", "dolphin")]
+    weak = [j for j, t in enumerate(tokens) if t.strip() == "the"]  # more of them than strong ones
+    fires = strong + weak
+    ids = np.arange(len(tokens), dtype=np.int32)[None]
+    act = np.asarray([1.0] * len(strong) + [0.5 * STRONG] * len(weak), np.float32)
+    firings = Firings(ids, np.asarray(fires, np.int64), np.zeros(len(fires), np.int32), act,
+                      np.ones_like(ids, dtype=bool))
+    rare = {0: Feature(0, "", 1.0, 0.01)}  # its density over far more text than this
+    found = relabel(firings, firings, lambda t: tokens[t], lexicon, rare, 1, progress=False)
+    f = found[0]
+    assert f.extra["name"] == "sea creatures" and "the" not in f.extra["reads"]
+    assert f.extra["heldout_fires"] == 3 and f.extra["score"] == 1.0
 
 
 # --- search by meaning ---------------------------------------------------------------------
@@ -169,6 +196,8 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     assert fd.kind_of(Feature(9, "word: a → beginner, game", extra={"kind": K.WORD})) == K.FUNCTION
     assert fd.kind_of(Feature(9, "word: don't", extra={"kind": K.WORD})) == K.FUNCTION
     assert fd.kind_of(Feature(9, "word: coffee", extra={"kind": K.WORD})) == K.WORD
+    assert fd.kind_of(Feature(9, "mixed: the, on, -", extra={"kind": K.MIXED})) == K.FUNCTION
+    assert fd.kind_of(Feature(9, "mixed: the, sea, on", extra={"kind": K.MIXED})) == K.MIXED
     assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
     assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
     assert fd.kind_note(cat[3]) == " [punctuation]" and fd.kind_note(cat[1]) == ""

@@ -22,7 +22,7 @@ import torch
 from chat.steer.generate import Reply
 from chat.steer.readout import FeatureHit
 from features.catalog import Catalog, Feature
-from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, NAMES, WORD
+from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, MIXED, NAMES, WORD
 
 MAX_EXAMPLES = 5
 TOP_BARS = 10
@@ -76,11 +76,16 @@ _CONTRACTIONS = frozenset({"dont", "doesnt", "didnt", "im", "ive", "its", "thats
 
 def kind_of(f: Feature) -> str:
     """The feature's kind (features/kinds.py), "concept" where the catalog does not say; a
-    one-word feature whose word is a function word ("a", "is") counts as function words."""
+    one-word feature whose word is a function word ("a", "is"), or a mixed one of function words
+    and punctuation only, counts as function words."""
     kind = f.extra.get("kind")
     word = f.label.lower().removeprefix("word: ").split(" → ")[0]  # honest names: "word: a → writes" (features/kinds.py)
     if kind == WORD and not f.curated and (word in FUNCTION_WORDS or word.replace("'", "") in _CONTRACTIONS):
         return FUNCTION
+    if kind == MIXED and not f.curated:  # "mixed: the, on, it": grammar that fires elsewhere too
+        words = [w.strip().lower() for w in f.label.removeprefix("mixed: ").split(" → ")[0].split(",")]
+        if all(w in FUNCTION_WORDS or not w.isalpha() for w in words):
+            return FUNCTION
     return kind if isinstance(kind, str) and kind else CONCEPT
 
 

@@ -13,6 +13,8 @@ For each feature:
 - score: detection score, the balanced accuracy of the name's predictor (its reads, or its
   kind's token test) on held-out tokens: (true positive rate + true negative rate) / 2, 0.5 is
   chance. `heldout_fires` says on how many held-out tokens it fired.
+- Both come from the strong firings only (at >= STRONG of the feature's peak on the training
+  text): the weak ones are where a TopK dictionary fills its k slots, not what it is about.
 - examples: the top contexts and samples from lower down its activation range, in whole words.
 - writes: what amplifying it makes the model say (features/pipeline/discover.py), whole words only.
 
@@ -45,6 +47,11 @@ N_EXAMPLES = 5  # shipped per feature: 3 top contexts and 2 from lower down its 
 WINDOW = 6  # tokens each side of the firing token in an example
 BEFORE = 1  # words before a token that its reads may come from (2 scored worse on held-out text: more false alarms)
 KIND_MARGIN = 0.02  # a kind must beat the words by this much to name a feature: words say more
+# A TopK dictionary fires k latents on every token, so most firings are weak ones a person never
+# sees; names come from (and are scored on) the firings at >= this share of the feature's peak.
+# On 600 random features, 0.35 against all firings: median detection 0.799 vs 0.782, and names
+# such as "another, second and real" -> "other", "what, that, which" -> "what".
+STRONG = 0.35
 CHECKPOINT_EVERY = 1000
 
 
@@ -340,7 +347,7 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
     ho = read_text(heldout, decode, vocab)
     N = int(tr.content.sum())
     bounds, pos, act = _by_feature(train, tr.content)
-    hb, hpos, _ = _by_feature(heldout, ho.content)
+    hb, hpos, hact = _by_feature(heldout, ho.content)
     done: dict[int, dict] = {}
     checkpoint = Path(work) / "verdicts.jsonl" if work is not None else None
     if checkpoint is not None and checkpoint.exists():
@@ -356,9 +363,10 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
         density = before.density if before.density is not None else len(p) / max(N, 1)
         row = done.get(i)
         if row is None:
-            v = verdict(p, density, tr, vocab)
-            hp = hpos[hb[i]:hb[i + 1]] if i + 1 < len(hb) else hpos[:0]
-            score, fires = detection(v, hp, ho)
+            strong = STRONG * float(a.max())
+            v = verdict(p[a >= strong], density, tr, vocab)
+            hp, ha = (hpos[hb[i]:hb[i + 1]], hact[hb[i]:hb[i + 1]]) if i + 1 < len(hb) else (hpos[:0], hact[:0])
+            score, fires = detection(v, hp[ha >= strong], ho)
             row = {"id": i, "name": v.name, "kind": v.kind, "reads": v.reads, "mode": v.mode,
                    "score": None if score is None else round(score, 3), "heldout_fires": fires,
                    "train_score": round(v.train_score, 3), "examples": examples(p, a, tr)}

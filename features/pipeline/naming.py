@@ -9,7 +9,8 @@ Rules, in order (`name`):
 4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
 Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
 they are most of what it reads, and are left out of names beside English words.
-Names are whole words, about 40 characters at most.
+A lone letter that is most of what it reads names it ("B"): chat logs mark their speakers
+"A:" and "B:". Names are whole words, about 40 characters at most.
 """
 from __future__ import annotations
 
@@ -89,6 +90,10 @@ def name(reads: Sequence[Reading], lexicon: Lexicon) -> Name:
             units = [r.word for r in formal if r.kind in ("punctuation", "space")]
             return Name(punctuation_name(units), top)
         return Name(NAMES[top], top)
+    top = reads[0]
+    if not top.kind and len(top.word) == 1 and top.word.isalpha() and top.weight >= 0.5 * total \
+            and top.lemma not in FUNCTION_WORDS:  # the "B" of "B: I'm fine", a speaker's letter in chats
+        return Name(top.word, WORD)
     words = [r for r in reads if not r.kind and _nameable(r.word, lexicon)]
     if not words:  # identifiers, names of things no dictionary has: code, mostly
         return Name(NAMES["code"], "code")
