@@ -223,6 +223,34 @@ def test_fired_ranking_trusts_names_by_their_detection_score():
     assert fd.confidence(Feature(4, "curated", curated=True, extra={"score": 0.5})) == fd.MIN_CONFIDENCE
 
 
+def test_a_curated_writer_that_fires_elsewhere_shows_where_it_fires():
+    """A curated label says what the feature writes; on the panel, one that does not read its
+    concept ("happiness and joy" firing on "of") shows its automatic name first and counts as the
+    function word it fires on (behind the form toggle), while one that reads it stays a concept."""
+    from chat.ui import fired as fd
+
+    joy = Feature(1, "happiness and joy", 1.0, 1e-4, curated=True,
+                  extra={"kind": K.WORD, "name": "word: of", "reads": ["of", "from"], "terms": ["happy", "joy"],
+                         "score": 0.99, "heldout_fires": 900})
+    sea = Feature(2, "the sea", 1.0, 1e-4, curated=True,
+                  extra={"kind": K.CONCEPT, "name": "sea and waves", "reads": ["waves", "Sea"], "terms": ["sea", "ocean"],
+                         "score": 0.9, "heldout_fires": 80})
+    cat = Catalog(8, {1: joy, 2: sea})
+    assert not fd.reads_its_label(joy) and fd.reads_its_label(sea)
+    assert fd.panel_label(joy, "happiness and joy") == "word: of → happiness and joy"
+    assert fd.panel_label(sea, "the sea") == "the sea"
+    assert fd.kind_of(joy) == K.FUNCTION and fd.kind_of(sea) == K.CONCEPT
+    acts = torch.zeros(1, 8)
+    acts[0, 1], acts[0, 2] = 1.0, 1.0
+    last = fd.LastReply(["x"], acts.to_sparse(), [fd.FeatureHit(1, "", 1.0, 1, 1.0)])
+    assert [h.label for h in fd.ranked(last, cat)] == ["the sea"]
+    assert {h.label for h in fd.ranked(last, cat, show_form=True)} == {"word: of → happiness and joy", "the sea"}
+    assert "(of its automatic name)" in fd.feature_card(joy, "happiness and joy")
+    # catalogs whose automatic name of a curated feature is its label have nothing else to show
+    old = Feature(3, "dogs", curated=True, extra={"kind": "curated", "name": "dogs", "reads": ["milk"], "terms": ["dog"]})
+    assert fd.panel_label(old, "dogs") == "dogs" and fd.kind_of(old) == "curated"
+
+
 def test_evaluate_labels_report(lexicon):
     from features.pipeline.evaluate_labels import evaluate
 

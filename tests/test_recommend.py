@@ -47,7 +47,7 @@ def test_a_row_is_the_real_steered_forward(tiny_lm):
     assert share == (steered != plain).float().mean().item()
 
 
-def test_cli_writes_recommended_into_the_catalog(tiny_lm, tiny_model_dir, tmp_path):
+def test_cli_writes_recommended_into_the_catalog(tiny_lm, tiny_model_dir, tmp_path, monkeypatch):
     from features import formats
     from features.pipeline.cli import main
 
@@ -60,6 +60,13 @@ def test_cli_writes_recommended_into_the_catalog(tiny_lm, tiny_model_dir, tmp_pa
     expected = recommend.keep_fluent(engine, recommend.recommend(_engine(tiny_lm), [0, 1, 2, 3], progress=False))
     assert {i: saved[i].extra.get("recommended") for i in range(4)} == expected
     assert "recommended" not in saved[4].extra and saved[4].label == "f4"  # the rest as they were
+
+    # A stopped run resumes: features with a recommendation (None included) are not measured again.
+    calls = []
+    monkeypatch.setattr(recommend, "recommend", lambda eng, fs, progress=True: calls.append(list(fs)) or {f: None for f in fs})
+    assert main(["recommend", "--model", str(tiny_model_dir), "--dictionary", str(folder), "--limit", "6"]) == 0
+    assert calls == [[4, 5]] and Catalog.load(folder, 16)[5].extra["recommended"] is None
+    assert {i: Catalog.load(folder, 16)[i].extra.get("recommended") for i in range(4)} == expected
 
 
 def test_a_recommended_strength_keeps_the_reply_fluent(tiny_lm, monkeypatch):

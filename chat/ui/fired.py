@@ -71,6 +71,27 @@ def confidence(f: Feature) -> float:
     return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))
 
 
+def reads_its_label(f: Feature) -> bool:
+    """Whether a feature's label says where it fires. A curated label says what the feature
+    writes (features/pipeline/curate.py); most writers fire elsewhere ("happiness and joy" on
+    "of"), so it reads its label only when one of its reads is one of its concept terms.
+    Features without reads or terms (hand-made catalogs) are taken at their word."""
+    reads, terms = f.extra.get("reads"), f.extra.get("terms")
+    if not f.curated or not isinstance(reads, list) or not isinstance(terms, list) or not reads or not terms:
+        return True
+    return bool({str(w).lower() for w in reads} & {str(t).lower() for t in terms})
+
+
+def panel_label(f: Feature, label: str) -> str:
+    """The name the panel shows: a curated writer that does not read its label shows where it
+    fires, then what it writes ("word: of → happiness and joy"), so that a reply with "of" in it
+    does not seem to be about joy."""
+    name = f.extra.get("name")
+    if reads_its_label(f) or not isinstance(name, str) or not name or name == f.label:
+        return label  # older catalogs name curated features by their label: nothing else to show
+    return f"{name.split(' → ')[0]} → {label}"
+
+
 _CONTRACTIONS = frozenset({"dont", "doesnt", "didnt", "im", "ive", "its", "thats", "cant", "wont", "isnt", "youre"})
 
 
@@ -79,11 +100,13 @@ def kind_of(f: Feature) -> str:
     one-word feature whose word is a function word ("a", "is"), or a mixed one of function words
     and punctuation only, counts as function words."""
     kind = f.extra.get("kind")
-    word = f.label.lower().removeprefix("word: ").split(" → ")[0]  # honest names: "word: a → writes" (features/kinds.py)
-    if kind == WORD and not f.curated and (word in FUNCTION_WORDS or word.replace("'", "") in _CONTRACTIONS):
+    trusted = f.curated and reads_its_label(f)  # a curated writer firing elsewhere counts by where it fires
+    label = f.label if not f.curated or trusted else str(f.extra.get("name") or f.label)
+    word = label.lower().removeprefix("word: ").split(" → ")[0]  # honest names: "word: a → writes" (features/kinds.py)
+    if kind == WORD and not trusted and (word in FUNCTION_WORDS or word.replace("'", "") in _CONTRACTIONS):
         return FUNCTION
-    if kind == MIXED and not f.curated:  # "mixed: the, on, it": grammar that fires elsewhere too
-        words = [w.strip().lower() for w in f.label.removeprefix("mixed: ").split(" → ")[0].split(",")]
+    if kind == MIXED and not trusted:  # "mixed: the, on, it": grammar that fires elsewhere too
+        words = [w.strip().lower() for w in label.removeprefix("mixed: ").split(" → ")[0].split(",")]
         if all(w in FUNCTION_WORDS or not w.isalpha() for w in words):
             return FUNCTION
     return kind if isinstance(kind, str) and kind else CONCEPT
@@ -93,7 +116,7 @@ def kind_note(f: Feature) -> str:
     """What the panel shows after a name: the kind where it is not a concept and the name does
     not already say it."""
     kind = kind_of(f)
-    if kind in (CONCEPT, WORD, "curated") or f.curated or NAMES.get(kind) == f.label:
+    if kind in (CONCEPT, WORD, "curated") or (f.curated and reads_its_label(f)) or NAMES.get(kind) == f.label:
         return ""
     return f" [{kind}]"
 
@@ -113,7 +136,7 @@ def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, to
         if not show_form and kind_of(f) in FORM_KINDS:
             continue
         usual = catalog.max_activation(i) or float(peak[i])
-        hits.append(FeatureHit(i, catalog.label(i), float(peak[i]), int(fired[i]),
+        hits.append(FeatureHit(i, panel_label(f, catalog.label(i)), float(peak[i]), int(fired[i]),
                                unusual(float(peak[i]) / max(usual, 1e-6), f.density) * confidence(f)))
     hits.sort(key=lambda h: (-h.relative, -h.tokens, h.id))
     # Several features often share a name ("people" for five features that fire on "I"); the
@@ -143,7 +166,7 @@ def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[
     catalog = catalog if catalog is not None else getattr(label, "__self__", None)
     if not isinstance(catalog, Catalog):
         return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0) for h in last.hits}
-    return {choice_name(h, label(h.id), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)
+    return {choice_name(h, panel_label(catalog[h.id], label(h.id)), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)
             for h in ranked(last, catalog, show_form)}
 
 
@@ -185,7 +208,7 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     heading = f"### #{f.id} {label}{kind_note(f)}"
     if isinstance(score, (int, float)):  # beside the name: how far to trust it
         fires = f.extra.get("heldout_fires")
-        heading += f" · detection {score:.2f}"
+        heading += f" · detection {score:.2f}" + ("" if reads_its_label(f) else " (of its automatic name)")
         stats.append(f"detection score {score:.2f}" + (f" on {fires:,} held-out firings" if isinstance(fires, int) else ""))
     lines = [heading, " · ".join(stats)]
     name = f.extra.get("name")

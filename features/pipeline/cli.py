@@ -481,7 +481,10 @@ def cmd_discover(args) -> None:
 
 
 def cmd_recommend(args) -> None:
+    import time
     from dataclasses import replace
+
+    from tqdm.auto import tqdm
 
     from chat.engine import load
     from features.catalog import Catalog
@@ -491,12 +494,25 @@ def cmd_recommend(args) -> None:
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
     live = [f.id for f in catalog if f.max_activation is not None]
-    found = keep_fluent(engine, recommend(engine, live[:args.limit] if args.limit else live))
-    features = {f: replace(catalog[f], extra=catalog[f].extra | {"recommended": s}) for f, s in found.items()}
-    path = _save_with(catalog, folder, features)
-    counts = {s: sum(v == s for v in found.values()) for s in sorted({v for v in found.values() if v is not None})}
-    print(f"recommended strengths for {len(found):,} features ({', '.join(f'{n:,} at {s:g}' for s, n in counts.items())}, "
-          f"{sum(v is None for v in found.values()):,} none); wrote {path}")
+    live = live[:args.limit] if args.limit else live
+    # Features that have a "recommended" key were done by an earlier run: a stopped run resumes.
+    todo = live if args.again else [f for f in live if "recommended" not in catalog[f].extra]
+    bar = tqdm(total=len(live), initial=len(live) - len(todo), unit="feature", desc="recommend")
+    start, path = time.monotonic(), folder / "features.json"
+    for a in range(0, len(todo), RECOMMEND_CHUNK):  # saved after every chunk
+        found = keep_fluent(engine, recommend(engine, todo[a:a + RECOMMEND_CHUNK], progress=False))
+        catalog = Catalog.load(folder, engine.dictionary.d_sae)
+        path = _save_with(catalog, folder, {f: replace(catalog[f], extra=catalog[f].extra | {"recommended": s})
+                                            for f, s in found.items()})
+        bar.update(len(found))
+    bar.close()
+    done = [Catalog.load(folder, engine.dictionary.d_sae)[f].extra.get("recommended") for f in live]
+    counts = {s: sum(v == s for v in done) for s in sorted({v for v in done if v is not None})}
+    print(f"recommended strengths for {len(done):,} features ({', '.join(f'{n:,} at {s:g}' for s, n in counts.items())}, "
+          f"{sum(v is None for v in done):,} none) in {time.monotonic() - start:.0f} s; wrote {path}")
+
+
+RECOMMEND_CHUNK = 512  # features per saved step of `recommend` (~2 min on 2 CPU cores)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -608,6 +624,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recommend", help="the weakest strength that visibly changes a reply, per feature -> features.json")
     engine_args(p, "the local dictionary folder whose features.json gets the strengths", required=True)
     p.add_argument("--limit", type=int, help="only the first N live features (a quick look)")
+    p.add_argument("--again", action="store_true", help="redo features that have a recommendation already "
+                   "(otherwise a run resumes where the last one stopped)")
 
     p = sub.add_parser("discover", help="what does each feature make the model say when amplified?")
     engine_args(p, "local folder or hub ref (default: the embedded dictionary)")
