@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="feature id or label query = strength in multiples of its max activation (repeatable)")
     p.add_argument("--mode", default="add", help="add (push along the feature) or clamp (set its activation)")
     p.add_argument("--concept", action="append", default=[], metavar="WORD[=SCALE]",
-                   help="steer toward a concept by name (ocean, ocean=2; a negative scale keeps it out); "
+                   help="steer toward a concept by name (coffee, coffee=2; a negative scale keeps it out); "
                         "features and strengths found by measurement, cached (repeatable)")
     _add_generation_args(p)
     p.add_argument("--top", type=int, default=10, help="how many fired features to list")

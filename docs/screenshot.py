@@ -2,12 +2,14 @@
 
     python docs/screenshot.py http://127.0.0.1:7860 docs/app.png            # the first preset
     python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --feature bridge --strength 4
-    python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --concept ocean --message "How was your day?"
+    python docs/screenshot.py http://127.0.0.1:7860 docs/app.png --concept coffee --message "How was your day?"
+    python docs/screenshot.py http://127.0.0.1:7860 docs/fired-panels.png --panels   # 10 ordinary replies
 
 Clicks the first example message, then the first preset (its sliders, Compare on, its message),
 or with --feature finds FEATURE, steers with it and sends MESSAGE with compare on, or with
 --concept types CONCEPT in "Steer toward a concept" and sends MESSAGE with compare on; then
-opens the top fired feature.
+opens the top fired feature. With --panels, sends each of PANEL_MESSAGES unsteered in a
+fresh chat and puts the reply and its fired panel side by side, one row per message.
 """
 from __future__ import annotations
 
@@ -16,6 +18,19 @@ import argparse
 ARGS = ["--no-sandbox", "--headless", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 WAIT_MS = 180_000  # the real model on a CPU: a reply and its comparison take a while
+# Ordinary messages a person might send (issue 27: the panel should say what a reply is about).
+PANEL_MESSAGES = (
+    "I had a terrible fight with my brother.",
+    "Tell me about your weekend.",
+    "What should I cook for dinner tonight?",
+    "I just adopted a puppy!",
+    "How was the concert last night?",
+    "I'm nervous about my exam tomorrow.",
+    "What's the weather like today?",
+    "I love a cup of coffee in the morning.",
+    "My grandmother is in hospital.",
+    "We spent our holiday at the beach.",
+)
 
 
 def main() -> None:
@@ -28,6 +43,7 @@ def main() -> None:
     p.add_argument("--message", default="Tell me about your weekend.")
     p.add_argument("--max-new-tokens", default="48")
     p.add_argument("--width", type=int, default=1280)
+    p.add_argument("--panels", action="store_true", help="the fired panel on 10 ordinary replies, one image")
     args = p.parse_args()
 
     from playwright.sync_api import expect, sync_playwright
@@ -44,6 +60,8 @@ def main() -> None:
         tokens.fill(args.max_new_tokens)
         tokens.press("Enter")
         page.locator("#settings").get_by_text("Generation settings").click()  # closed again: a shorter page
+        if args.panels:
+            return panels(page, args.out, expect)
         if args.feature:
             page.locator("#feature-search textarea").fill(args.feature)
             page.locator("#feature-search textarea").press("Enter")
@@ -77,9 +95,42 @@ def main() -> None:
         page.wait_for_timeout(1000)
         page.screenshot(path=args.out, full_page=True)
         browser.close()
+    _shrink(args.out)
+
+
+def panels(page, out: str, expect) -> None:
+    """Each message in a fresh chat; the chat and the fired panel cropped side by side, stacked."""
+    import io
+
     from PIL import Image
 
-    Image.open(args.out).convert("RGB").quantize(colors=128).save(args.out, optimize=True)  # ~4x smaller
+    rows = []
+    for message in PANEL_MESSAGES:
+        page.locator("#clear").click()
+        page.locator("#message textarea").fill(message)
+        page.locator("#message textarea").press("Enter")
+        expect(page.locator("#chat .bot").first).to_be_visible()
+        page.wait_for_function("() => !document.querySelector('.generating')", timeout=WAIT_MS)
+        expect(page.locator("#fired button").first).to_be_visible()
+        page.wait_for_timeout(500)
+        shots = [Image.open(io.BytesIO(page.locator(sel).screenshot())) for sel in ("#chat", "#fired")]
+        row = Image.new("RGB", (sum(s.width for s in shots), max(s.height for s in shots)), "white")
+        row.paste(shots[0], (0, 0))
+        row.paste(shots[1], (shots[0].width, 0))
+        rows.append(row)
+    sheet = Image.new("RGB", (max(r.width for r in rows), sum(r.height for r in rows)), "white")
+    y = 0
+    for r in rows:
+        sheet.paste(r, (0, y))
+        y += r.height
+    sheet.save(out)
+    _shrink(out)
+
+
+def _shrink(path: str) -> None:
+    from PIL import Image
+
+    Image.open(path).convert("RGB").quantize(colors=128).save(path, optimize=True)  # ~4x smaller
 
 
 if __name__ == "__main__":

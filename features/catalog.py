@@ -195,7 +195,8 @@ class Catalog:
         """Features whose label matches `query`, best first: exact phrase > every word exact >
         every word by meaning (features/lexicon.py: the word or a synonym, derived form, more
         specific or more general word in the name, reads or writes) > every word exact or as a
-        prefix > some word only fuzzily (typos). Within a tier, curated features first; then,
+        prefix > some word only fuzzily (typos). Within a tier, curated features first (when the
+        query matched their label or writes, not only their reads); then,
         with `writes_first` (choosing what to steer with), features that write the query word
         (or a synonym or derived form); then closer word matches, labels with fewer other words
         and more steerable features (closeness x (0.5 + 0.5 steerability)).
@@ -296,8 +297,10 @@ class _Index:
 
     def __init__(self, features: dict[int, Feature]) -> None:
         self.words = {i: _words(f.label) for i, f in features.items() if f.label}
-        # Label length for ranking counts content words only: "references to X" is still about X.
-        self.length = {i: max(1, sum(w not in _STOP_WORDS for w in ws)) for i, ws in self.words.items()}
+        # Label length for ranking counts content words only: "references to X" is still about X,
+        # and "word: sea" about sea (a kind name's prefix is not what it names).
+        self.length = {i: max(1, sum(w not in _STOP_WORDS for w in _words(f.label.rpartition(": ")[2])))
+                       for i, f in features.items() if f.label}
         self.curated = {i for i, f in features.items() if f.curated}
         # Unmeasured features count as middling, so measuring never buries a catalog.
         self.steerability = {i: 0.5 if f.steerability is None else min(1.0, max(0.0, f.steerability))
@@ -399,20 +402,30 @@ class _Index:
             return []
         per_word = []  # for each query word: feature id -> its best (tier, closeness)
         writes_match: set[int] = set()
+        # Features that every query word matched in their label or writes, not only in their
+        # reads: a curated writer often fires on unrelated words ("children" reads "sea"), so
+        # only what a person checked puts it first.
+        vouched: set[int] | None = None
         for q in content:
             best: dict[int, tuple[int, float]] = {}
+            checked: set[int] = set()
             for w, match in self.word_matches(q).items():
                 for i in self.postings.get(w, ()):
                     best[i] = max(best.get(i, match), match)
+                    checked.add(i)
                 if match[0] < _EXACT:
                     for i, weight in self.fields[w].items():
                         scaled = (match[0], match[1] * weight)
                         best[i] = max(best.get(i, scaled), scaled)
+                        if w in self.writes[i]:
+                            checked.add(i)
             for w, closeness in self.meaning_matches(q).items():
                 for i, weight in self.fields[w].items():
                     match = (_MEANING, closeness * weight)
                     if best.get(i, (-1, 0.0)) < match:
                         best[i] = match
+                    if w in self.writes[i] or w in self.words.get(i, ()):
+                        checked.add(i)
                     if w in self.writes[i] and closeness >= _WRITES_FIRST_CLOSENESS:
                         writes_match.add(i)
             if not best:  # a typo of a word no feature uses: what the word it meant means ("brdige")
@@ -422,6 +435,7 @@ class _Index:
                             match = (_FUZZY, ratio * closeness * weight)
                             best[i] = max(best.get(i, match), match)
             per_word.append(best)
+            vouched = checked if vouched is None else vouched & checked
         ranked = []
         for i in set.intersection(*(set(best) for best in per_word)):  # every word must match
             matches = [best[i] for best in per_word]
@@ -435,7 +449,7 @@ class _Index:
             score *= 0.5 + 0.5 * self.steerability[i]
             # Curated features first: a person read them and labelled them by what they write.
             writer = writes_first and i in writes_match
-            ranked.append((-tier, i not in self.curated, not writer, -round(score, 3), i))
+            ranked.append((-tier, not (i in self.curated and i in vouched), not writer, -round(score, 3), i))
         return [key[-1] for key in heapq.nsmallest(top, ranked)]
 
 

@@ -222,6 +222,9 @@ def test_concept_box_fills_the_sliders(engine):
     rows, mode, note = view[0], view[-2], view[-1]
     assert [(r.id, r.strength) for r in rows] == [(BRIDGE, 1.0), (DOGS, 2.5)] and mode == "add"
     assert "rain" in note and "100%" in note
+    # What each feature was measured to write here, before its name (issue 27: "writes: ocean",
+    # not "speak, trick and put").
+    assert f"#{DOGS} writes: rain" in note and rows[1].label == f"{engine.catalog.label(DOGS)} → rain"
     rows = steer.concept("rain=-1", [st.row_for(engine.catalog[BRIDGE], "bridge", 3.0)], "clamp", 3.0)[0]
     assert [(r.id, r.strength) for r in rows] == [(DOGS, -2.5), (BRIDGE, -1.0)]  # clamp rows give way
     # A malformed request is said in one line (a warning and the note), and loses nothing: no

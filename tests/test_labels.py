@@ -160,7 +160,7 @@ def test_meaning_beats_typo_and_writers_come_first(lexicon, monkeypatch):
         1: Feature(1, "whale"),                                   # more specific than "animal"
         2: Feature(2, "animas"),                                  # a typo away from "animal"
         3: Feature(3, "rare contexts", extra={"reads": ["shark"]}),
-        4: Feature(4, "function words: of", extra={"writes": ["animals"]}),
+        4: Feature(4, "function words: so, then", extra={"writes": ["animals"]}),
         5: Feature(5, "bridge"),
     })
     found = [f.id for f in cat.search("animal")]
@@ -171,6 +171,23 @@ def test_meaning_beats_typo_and_writers_come_first(lexicon, monkeypatch):
     # A typo of a word no feature uses is corrected against the lexicon, then read by meaning.
     only_dogs = Catalog(64, {1: Feature(1, "dog"), 2: Feature(2, "bridge")})
     assert [f.id for f in only_dogs.search("animla")] == [1]
+
+
+def test_a_curated_feature_comes_first_only_for_what_a_person_checked(lexicon, monkeypatch):
+    """A curated writer's reads are where it fires, often far from its label ("children" fires
+    on "whale"): searching "animal" ranks features named for animals above it, and a kind name's
+    prefix does not make "word: whale" less about whales than the curated feature that only reads it."""
+    import features.lexicon as lx
+
+    monkeypatch.setattr(lx, "default", lambda: lexicon)
+    cat = Catalog(64, {
+        1: Feature(1, "children", curated=True, extra={"reads": ["voice", "whale"], "writes": ["girl"]}),
+        2: Feature(2, "word: whale", extra={"reads": ["whale"]}),
+        3: Feature(3, "dolphin", curated=True, extra={"reads": ["of"], "writes": ["dolphin"]}),
+        4: Feature(4, "whale, self and match"),
+    })
+    assert [f.id for f in cat.search("animal")] == [3, 2, 1, 4]
+    assert [f.id for f in cat.search("children")] == [1]
 
 
 # --- the fired panel -----------------------------------------------------------------------

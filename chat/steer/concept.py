@@ -143,7 +143,7 @@ def parse_concept(text: str) -> tuple[str, float]:
     word, sep, scale = text.rpartition("=") if "=" in text else (text, "", "")
     word = " ".join(word.lower().split())
     if not word:
-        raise ConceptError("the concept is empty: type a word such as ocean, anger or rain")
+        raise ConceptError("the concept is empty: type a word such as coffee, fire or music")
     if not _WORD.fullmatch(word):
         raise ConceptError(f"a concept is a word or two of letters (like 'ocean' or 'ice cream'), got {word!r}")
     try:

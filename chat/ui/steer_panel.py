@@ -51,12 +51,12 @@ class SteerPanel:
 def build() -> SteerPanel:
     gr.Markdown("### Steering", elem_id="steering-title")
     with gr.Row(equal_height=True):
-        concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. ocean, fire, music",
+        concept = gr.Textbox(label="Steer toward a concept", placeholder="a word, e.g. coffee, fire, music",
                              scale=4, elem_id="concept")
         concept_go = gr.Button("Steer", size="sm", variant="primary", scale=1, min_width=60, elem_id="concept-go")
         concept_cancel = gr.Button("Cancel", size="sm", scale=1, min_width=60, elem_id="concept-cancel")
     concept_note = gr.Markdown("", elem_id="concept-note", elem_classes="hint")
-    query = gr.Textbox(label="Find a feature", placeholder="a name or an id, e.g. bridge", elem_id="feature-search")
+    query = gr.Textbox(label="Find a feature", placeholder="a name or an id, e.g. mountains", elem_id="feature-search")
     matches = gr.Dropdown(label="Matches", choices=[], value=None, interactive=True, elem_id="feature-matches")
     with gr.Row():
         add = gr.Button("Steer with it", size="sm", variant="primary", elem_id="add-feature")
@@ -76,17 +76,22 @@ def build() -> SteerPanel:
                       slots, sliders, removes, concept_cancel)
 
 
-def _writes(catalog, features) -> str:
-    """What the chosen features make the model say when amplified (discover's words), so a
-    feature named for where it fires still shows what it writes."""
+def _writes(catalog, features, concept: str) -> str:
+    """What the chosen features make the model say when amplified: the concept, which this
+    search measured them writing, then discover's words, so a feature named for where it fires
+    ("people") still shows what it writes."""
     said = []
     for f in features:
-        writes = [w for w in catalog[f].extra.get("writes") or [] if isinstance(w, str)][:4]
-        if writes:
-            said.append(f"#{f} writes: {', '.join(writes)}")
-        else:
-            said.append(f"#{f} {catalog.label(f)}")
+        writes = [w for w in catalog[f].extra.get("writes") or [] if isinstance(w, str)]
+        writes = [concept] + [w for w in writes if w.lower() != concept.lower()]
+        said.append(f"#{f} writes: {', '.join(writes[:4])}")
     return "  \n" + " · ".join(said) if said else ""
+
+
+def concept_label(label: str, concept: str) -> str:
+    """A concept row's slider label: the feature's name, and the concept it was measured to write
+    when the name does not say it ("people → music")."""
+    return label if concept.lower() in label.lower() else f"{label} → {concept}"
 
 
 def render(rows: list[st.SteerRow]) -> list:
@@ -175,8 +180,9 @@ class SteerHandlers:
             gr.Info("Cancelled: nothing was measured or kept.")
             return [*kept, "**Cancelled.** The sliders are as they were."]
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
-        rows, problem = st.add_concept(rows, [(engine.catalog[f], engine.catalog.label(f), s)
-                                              for f, s in found.strengths.items()])
+        labelled = [(engine.catalog[f], concept_label(engine.catalog.label(f), found.concept), s)
+                    for f, s in found.strengths.items()]
+        rows, problem = st.add_concept(rows, labelled)
         if problem:
             gr.Warning(problem)
         band = f" (from {found.band[0]:.2g}× to {found.band[1]:.2g}× these strengths)" if found.band[0] != found.band[1] else ""
@@ -186,8 +192,8 @@ class SteerHandlers:
         else:
             note = (f"Steering toward **{found.concept}**{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the "
                     f"search, {found.rate:.0%} of replies to everyday prompts mentioned it and stayed fluent{band}. "
-                    "A negative scale (e.g. `rain=-1`) keeps it out.")
-        return [*render(rows), "add", note + _writes(engine.catalog, found.strengths)]
+                    f"A negative scale (`{found.concept}=-1`) keeps it out.")
+        return [*render(rows), "add", note + _writes(engine.catalog, found.strengths, found.concept)]
 
     @reported
     def remove(self, index: int, rows, *values):

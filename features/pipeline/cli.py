@@ -493,7 +493,9 @@ def cmd_recommend(args) -> None:
     engine = load(args.model, args.dictionary, args.layer)
     folder = Path(args.dictionary)
     catalog = Catalog.load(folder, engine.dictionary.d_sae)
-    live = [f.id for f in catalog if f.max_activation is not None]
+    # Writers first (search ranks them first for "Steer with it"), so a run stopped halfway has
+    # measured the features people are likeliest to steer with.
+    live = sorted((f.id for f in catalog if f.max_activation is not None), key=lambda i: not catalog[i].extra.get("writes"))
     live = live[:args.limit] if args.limit else live
     # Features that have a "recommended" key were done by an earlier run: a stopped run resumes.
     todo = live if args.again else [f for f in live if "recommended" not in catalog[f].extra]
