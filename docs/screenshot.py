@@ -107,6 +107,7 @@ def panels(page, out: str, expect) -> None:
     rows = []
     for message in PANEL_MESSAGES:
         page.locator("#clear").click()
+        page.wait_for_timeout(1500)  # the clear's own update empties the message box: let it land first
         page.locator("#message textarea").fill(message)
         page.locator("#message textarea").press("Enter")
         expect(page.locator("#chat .bot").first).to_be_visible()

@@ -194,8 +194,10 @@ def test_retry_takes_back_the_last_turn(engine):
                                        "two")
     with pytest.raises(gr.Error, match="Nothing to retry"):
         chat.take_last([])
-    with pytest.raises(gr.Error, match="Type a message"):
-        drain(chat.respond(RunControl(), "  ", [], [], "add", 8, 0, 0, False, []))
+    # An empty message is a warning that changes nothing: no Error badges over the chat and panel.
+    with pytest.warns(UserWarning, match="Type a message"):
+        outs = drain(chat.respond(RunControl(), "  ", [], [], "add", 8, 0, 0, False, []))
+    assert len(outs) == 1 and all(isinstance(o, type(gr.skip())) for o in outs[0])
 
 
 def test_steering_panel_handlers(engine):

@@ -109,8 +109,10 @@ class ChatHandlers:
         """Outputs: chatbot, message, unsteered, steered, bars, alert, last, details."""
         engine = self.loader.get()
         text = message if isinstance(message, str) else ""
-        if not text.strip():
-            raise gr.Error("Type a message first.")
+        if not text.strip():  # a toast, not Error badges over the chat, the box and the panel
+            gr.Warning("Type a message first.")
+            yield (gr.skip(),) * 8
+            return
         rows = st.with_values(rows or [], values)
         settings = {"max_new_tokens": whole(max_new_tokens, "max new tokens"),
                     "temperature": float(temperature or 0), "seed": whole(seed or 0, "seed")}
