@@ -424,7 +424,7 @@ class _Index:
                     match = (_MEANING, closeness * weight)
                     if best.get(i, (-1, 0.0)) < match:
                         best[i] = match
-                    if w in self.writes[i] or w in self.words.get(i, ()):
+                    if w in self.writes[i] or i in self.postings.get(w, ()):  # writes or label
                         checked.add(i)
                     if w in self.writes[i] and closeness >= _WRITES_FIRST_CLOSENESS:
                         writes_match.add(i)
