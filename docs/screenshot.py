@@ -99,7 +99,8 @@ def main() -> None:
 
 
 def panels(page, out: str, expect) -> None:
-    """Each message in a fresh chat; the chat and the fired panel cropped side by side, stacked."""
+    """Each message in a fresh chat; the chat and the fired panel cropped side by side, stacked.
+    Prints each reply and its panel's top 5 rows, for the table in docs/dictionary-card.md."""
     import io
 
     from PIL import Image
@@ -114,6 +115,8 @@ def panels(page, out: str, expect) -> None:
         page.wait_for_function("() => !document.querySelector('.generating')", timeout=WAIT_MS)
         expect(page.locator("#fired button").first).to_be_visible()
         page.wait_for_timeout(500)
+        top = [" ".join(t.split()) for t in page.locator("#fired button").all_inner_texts()[:5]]
+        print(f"{message} -> {' '.join(page.locator('#chat .bot').last.inner_text().split())!r}: " + " · ".join(top))
         shots = [Image.open(io.BytesIO(page.locator(sel).screenshot())) for sel in ("#chat", "#fired")]
         row = Image.new("RGB", (sum(s.width for s in shots), max(s.height for s in shots)), "white")
         row.paste(shots[0], (0, 0))

@@ -83,7 +83,7 @@ PUNCTUATION_NAMES = {
     "*": "asterisks", "=": "equals signs", "#": "hash signs", "<": "angle brackets", ">": "angle brackets",
     "_": "underscores", "`": "grave accents", "%": "percent signs", "$": "dollar signs", "&": "ampersands",
     "@": "at signs", "|": "vertical bars", "+": "plus signs", "\\": "backward slashes", "~": "tildes",
-    "...": "ellipses", "\n": "line breaks", "\n\n": "paragraph breaks",
+    "...": "ellipses", "…": "ellipses", "\n": "line breaks", "\n\n": "paragraph breaks",
 }
 FLAG_KINDS = ("punctuation", "space", "digits", "contraction", "code", "keyword", "sentence start",
               "word piece", "capital")
@@ -99,14 +99,21 @@ def punctuation_name(units: list[str]) -> str:
             name = "paragraph breaks" if u.count("\n") > 1 else "line breaks" if "\n" in u else "indentation"
         else:
             key = u.strip()
+            key = "..." if len(key) > 3 and set(key) == {"."} else key  # "....." is an ellipsis too, not full stops
             name = PUNCTUATION_NAMES.get(key) or PUNCTUATION_NAMES.get(key[:1]) or "punctuation"
         if name not in names:
             names.append(name)
     if not names:
         return NAMES["punctuation"]
-    if len(names) > 1 and " and " not in names[0] + names[1]:
-        return f"{names[0]} and {names[1]}"
-    return names[0]  # not "punctuation and hyphens and dashes"
+    if len(names) > 1:
+        a, b = names[:2]
+        if " and " not in a + b:
+            return f"{a} and {b}"
+        if " and " not in b:  # "hyphens, dashes and ellipses", never "... and ... and ..."
+            return f"{a.replace(' and ', ', ')} and {b}"
+        if " and " not in a:
+            return f"{a}, {b}"
+    return names[0]
 
 
 def flags(tokens: list[str], words: Words) -> np.ndarray:

@@ -128,8 +128,8 @@ def test_first_three_messages_get_sensible_different_answers(engine):
 
 def test_shipped_concepts_answer_without_a_search_and_steer_the_reply(engine, monkeypatch):
     """The embedded dictionary ships its measured concepts (chat/measure/concept_bench.py --ship): they
-    answer from the file, and coffee (which issue 27 names, and which the previous dictionary had
-    no writer for) and fire steer replies to prompts the search never saw toward the concept,
+    answer from the file, and coffee and anger (which issue 27 names, and which the previous
+    dictionary had no writer for) and fire steer replies to prompts the search never saw toward the concept,
     which the unsteered replies do not mention."""
     from chat.steer.concept import ConceptError, mention_rate
     from chat.measure.concept_bench import CONCEPTS
@@ -145,11 +145,11 @@ def test_shipped_concepts_answer_without_a_search_and_steer_the_reply(engine, mo
             found += 1
         except ConceptError:
             pass
-    assert found >= 35  # 40 of 50 found when shipped (docs/concepts.md)
+    assert found >= 38  # 42 of 50 found when shipped (docs/concepts.md)
     terms = dict(CONCEPTS)
     # Four prompts, not two: one reply more or less moved with the fast path's rounding alone.
     prompts = ("Tell me a story.", "Give me some advice.", "What should I cook tonight?", "Describe your morning.")
-    for word in ("coffee", "fire"):
+    for word in ("coffee", "anger", "fire"):
         steered = [engine.reply(p, steer=engine.concept(word)).text for p in prompts]
         plain = [engine.reply(p).text for p in prompts]
         assert mention_rate(steered, terms[word]) >= 0.5 > mention_rate(plain, terms[word]), (word, steered)

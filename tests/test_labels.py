@@ -84,7 +84,11 @@ def test_one_word_and_its_forms_is_that_word(lexicon):
 
 def test_kinds_get_plain_names_never_fragments(lexicon):
     assert name(reads(",", ".", kind="punctuation"), lexicon) == ("commas and full stops", "punctuation")
-    assert K.punctuation_name(["—", ",", "."]) == "hyphens and dashes"  # never "... and ... and ..."
+    assert K.punctuation_name(["—", ",", "."]) == "hyphens, dashes and commas"  # never "... and ... and ..."
+    assert K.punctuation_name(["--", "...", " --"]) == "hyphens, dashes and ellipses"
+    assert K.punctuation_name(["(", "-"]) == "brackets, hyphens and dashes"
+    assert K.punctuation_name(["-", "(", ")"]) == "hyphens, dashes and brackets"
+    assert K.punctuation_name(["....", "..."]) == "ellipses"  # not "full stops"
     assert name(reads("<number>", kind="digits"), lexicon) == ("digits in numbers", "digits")
     assert name(reads("faulthandler", "xqz"), lexicon).name == "code identifiers"  # no English word to name
     assert name(reads("of", "the", "unto"), lexicon).kind == K.FUNCTION
@@ -148,6 +152,30 @@ def test_names_come_from_the_strong_firings(lexicon):
     f = found[0]
     assert f.extra["name"] == "sea creatures" and "the" not in f.extra["reads"]
     assert f.extra["heldout_fires"] == 3 and f.extra["score"] == 1.0
+    # where its strong held-out firings land, measured and written as in the text: one each
+    assert sorted(w for w, _ in f.extra["heldout_words"]) == ["dolphin", "sharks", "whales"]
+    assert [s for _, s in f.extra["heldout_words"]] == [0.333] * 3
+
+
+def test_reads_come_strongest_first(lexicon):
+    """A word the feature fires on hardest names it before a word it fires on more often but
+    more weakly; both stay in its predictor, so the detection score is the same."""
+    from features.pipeline.label import Vocabulary, detection, read_text, verdict
+
+    tokens = (" doubt bread doubt salt doubt milk because water because rice" * 3).split(" ")[1:]
+    tokens = [" " + t for t in tokens]
+    doubt = [j for j, t in enumerate(tokens) if t == " doubt"]
+    because = [j for j, t in enumerate(tokens) if t == " because"]
+    fires = np.asarray(doubt + because)
+    act = np.asarray([0.4] * len(doubt) + [1.0] * len(because), np.float32)
+    firings, decode = _text(tokens, list(fires))
+    vocab = Vocabulary(lexicon)
+    text = read_text(firings, decode, vocab)
+    by_count, by_strength = verdict(fires, 0.01, text, vocab), verdict(fires, 0.01, text, vocab, act)
+    assert by_count.reads[0] == "doubt" and by_strength.reads[0] == "because"
+    assert set(by_count.reads) == set(by_strength.reads) == {"doubt", "because"}
+    assert by_count.train_score == by_strength.train_score and by_count.mode == by_strength.mode
+    assert detection(by_count, fires, text) == detection(by_strength, fires, text)
 
 
 # --- search by meaning ---------------------------------------------------------------------
@@ -238,6 +266,9 @@ def test_fired_ranking_trusts_names_by_their_detection_score():
     assert fd.confidence(cat[1]) == 1.0 and fd.confidence(cat[2]) == fd.MIN_CONFIDENCE
     # curated or not, a name that detects its feature no better than chance is hardly trusted
     assert fd.confidence(Feature(4, "curated", curated=True, extra={"score": 0.5})) == fd.MIN_CONFIDENCE
+    # a "mixed" name says no word predicts the feature: however it scores, it names nothing
+    mixed = Feature(5, "mixed: of, rain, the", extra={"kind": "mixed", "score": 0.74, "heldout_fires": 60})
+    assert fd.confidence(mixed) == fd.MIN_CONFIDENCE < fd.confidence(cat[3])
 
 
 def test_a_curated_writer_that_fires_elsewhere_shows_where_it_fires():
@@ -285,6 +316,29 @@ def test_evaluate_labels_report(lexicon):
     assert len(report.concepts) >= 40
 
 
+def test_a_firing_reader_is_measured_by_where_it_fires_not_by_its_name(lexicon):
+    """The issue's reader: >= 30% of a feature's strong held-out firings on the concept's words,
+    whatever it is called; fewer than MIN_FIRES held-out firings count for nothing."""
+    from features.pipeline.evaluate_labels import evaluate, firing_share
+
+    cat = Catalog(8, {
+        0: Feature(0, "mixed: of, rain, the", 1.0, 0.01, extra={
+            "kind": K.MIXED, "heldout_fires": 20, "heldout_words": [["of", 0.4], ["rain", 0.2], ["shower", 0.15]]}),
+        1: Feature(1, "word: snow", 1.0, 0.01, extra={"kind": K.WORD, "heldout_fires": 4,
+                                                      "heldout_words": [["snow", 1.0]]}),
+    })
+    assert firing_share(cat[0], {"rain", "shower"}, lexicon) == pytest.approx(0.35)
+    # held-out words are stored as written; they count through their lemma
+    whales = Feature(2, "word: whales", 1.0, 0.01, extra={"heldout_words": [["Whales", 0.5], ["geese", 0.25]]})
+    assert firing_share(whales, {"whale", "goose"}, lexicon) == pytest.approx(0.75)
+    report = evaluate(cat, lexicon)
+    by = {c["query"]: c for c in report.concepts}
+    assert by["rain"]["firing_readers"] == [[0, "mixed: of, rain, the", 0.35]]
+    assert by["weather"]["firing_readers"] == []  # rain alone is 20%, under 30%
+    assert by["snow"]["firing_readers"] == []  # too few held-out firings
+    assert report.firing_readers_found == 1
+
+
 def test_details_card_shows_name_kind_reads_writes_and_score():
     from chat.ui import fired as fd
 
@@ -294,3 +348,7 @@ def test_details_card_shows_name_kind_reads_writes_and_score():
     assert card.startswith("### #4 my commas [punctuation] · detection 0.83")
     assert "Automatic name: commas" in card and "Reads: `,`, `and`" in card
     assert "Amplified, replies say: `sea`" in card and "on 120 held-out firings" in card
+    f.extra["heldout_words"] = [[",", 0.6], ["and", 0.25]]
+    assert "its strong firings land on: `,` 60%, `and` 25%" in fd.feature_card(f, "my commas")
+    f.extra["heldout_words"] = [["\n", 0.5], [" ", 0.2], ["\x07", 0.1]]  # named, not empty chips
+    assert "land on: `line break` 50%, `space` 20%, `U+0007` 10%" in fd.feature_card(f, "my commas")

@@ -74,7 +74,9 @@ SEARCH_TOKENS = 24  # reply length confirmed; replies in the app are longer, so 
 LEADERS = 3
 MIN_RATE = 0.75  # 3 of 4 confirming replies mention the concept (2 of 4 was often luck on new prompts)
 MAX_COST = 1.7  # median perplexity ratio; the benchmark's bound is 2, this leaves room for new prompts
-GRADIENT_CANDIDATES, NAME_CANDIDATES, WRITER_CANDIDATES = 3, 2, 2
+# A wider net than 3, 2, 2: which name match writes a concept is luck ("anger" is written by
+# its 4th, "medicine" by its 3rd), and the screen costs ~2.5 s a candidate here.
+GRADIENT_CANDIDATES, NAME_CANDIDATES, WRITER_CANDIDATES = 4, 4, 3
 FORMAT = "steerchat-concepts/1"
 CONCEPTS_FILE = "concepts.json"  # beside a dictionary's catalog: its measured concepts
 INFLECTIONS = (*PLURALS, "ed", "ing")

@@ -59,15 +59,15 @@ def unusual(relative: float, density: float | None) -> float:
 
 def confidence(f: Feature) -> float:
     """How far the feature's name can be trusted, in 0.2..1, from its detection score: a name
-    that predicts where the feature fires (score >= 0.8) counts fully, one no better than chance
-    (0.5), or one scored on fewer than MIN_SCORED_FIRES held-out firings, hardly. Curated
-    features too: a curated name says what the feature writes, which may not be where it fires.
-    Catalogs without scores count fully."""
+    that predicts where the feature fires (score >= 0.8) counts fully; one no better than
+    chance (0.5), one scored on fewer than MIN_SCORED_FIRES held-out firings, or a "mixed" one,
+    hardly. Curated features too: a curated name says what the feature writes, which may not be
+    where it fires. Catalogs without scores count fully."""
     score, fires = f.extra.get("score"), f.extra.get("heldout_fires")
     if not isinstance(score, (int, float)):
         return 1.0
-    if isinstance(fires, int) and fires < MIN_SCORED_FIRES:
-        return MIN_CONFIDENCE
+    if isinstance(fires, int) and fires < MIN_SCORED_FIRES or f.extra.get("kind") == "mixed":
+        return MIN_CONFIDENCE  # a "mixed" name says that no word list predicts it: nothing to read
     return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))
 
 
@@ -192,6 +192,13 @@ def watch_alert(last: LastReply | None, watched: Sequence[int], label: Callable[
     return f"✓ No watched feature fired ({len(watched)} watched).", []
 
 
+def _visible(word: str) -> str:
+    """A held-out word as a reader can see it: whitespace by name, control characters by code."""
+    if not word.strip():
+        return "line break" if "\n" in word else "tab" if "\t" in word else "space"
+    return word if word.isprintable() else " ".join(c if c.isprintable() else f"U+{ord(c):04X}" for c in word)
+
+
 def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     stats = []
     if f.max_activation is not None:
@@ -217,6 +224,11 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     reads = f.extra.get("reads")
     if isinstance(reads, list) and reads:  # features/pipeline/label.py: the words that set its contexts apart
         lines.append("Reads: " + ", ".join(f"`{w}`" for w in reads[:8] if isinstance(w, str)))
+    held = f.extra.get("heldout_words")
+    if isinstance(held, list) and held:  # features/pipeline/label.py: measured where it fires, not predicted
+        lines.append("On held-out text, its strong firings land on: " + ", ".join(
+            f"`{_visible(r[0])}` {r[1]:.0%}" for r in held[:3]
+            if isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float))))
     writes = f.extra.get("writes")
     if isinstance(writes, list) and writes:  # features/pipeline/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))

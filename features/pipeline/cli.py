@@ -323,11 +323,13 @@ def cmd_evaluate_labels(args) -> None:
     print(f"detection score, {report.scored:,} features with >= 5 held-out firings: median {report.score_median}, "
           f"quantiles {report.score_quantiles}, histogram {report.score_histogram}")
     print(f"concept search, top 3 names the concept: {report.concept_hits:.0%} of {len(report.concepts)}; "
-          f"concepts with a feature that reads them: {report.readers_found}")
+          f"concepts with a feature that reads them: {report.readers_found}; with a feature that fires on "
+          f"their words (>= 30% of its strong held-out firings): {report.firing_readers_found}")
     for c in report.concepts:
         top = "; ".join(f"#{i} {label}" for i, label in c["top"])
         readers = ", ".join(f"#{i} {label} ({s:.2f})" for i, label, s in c["readers"][:2]) or "none"
-        print(f"  {'✓' if c['hit'] else '✗'} {c['query']:<12} {top}  | readers: {readers}")
+        firing = ", ".join(f"#{i} {label} ({s:.0%})" for i, label, s in c["firing_readers"][:2]) or "none"
+        print(f"  {'✓' if c['hit'] else '✗'} {c['query']:<12} {top}  | readers: {readers} | fires on it: {firing}")
     if fired:
         print(f"fired panel, top 5 on {fired['replies']} ordinary replies: {fired['readable']:.0%} readable names")
         for x in fired["samples"]:
