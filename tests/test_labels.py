@@ -352,3 +352,5 @@ def test_details_card_shows_name_kind_reads_writes_and_score():
     assert "its strong firings land on: `,` 60%, `and` 25%" in fd.feature_card(f, "my commas")
     f.extra["heldout_words"] = [["\n", 0.5], [" ", 0.2], ["\x07", 0.1]]  # named, not empty chips
     assert "land on: `line break` 50%, `space` 20%, `U+0007` 10%" in fd.feature_card(f, "my commas")
+    f.extra["reads"] = ["\x02", ","]  # reads and promoted tokens follow the same rule
+    assert "Reads: `U+0002`, `,`" in fd.feature_card(f, "my commas")

@@ -193,10 +193,12 @@ def watch_alert(last: LastReply | None, watched: Sequence[int], label: Callable[
 
 
 def _visible(word: str) -> str:
-    """A held-out word as a reader can see it: whitespace by name, control characters by code."""
-    if not word.strip():
+    """A word or token as a reader can see it in the card: stripped, whitespace by name,
+    control characters by code (never an empty chip)."""
+    shown = word.strip()
+    if not shown:
         return "line break" if "\n" in word else "tab" if "\t" in word else "space"
-    return word if word.isprintable() else " ".join(c if c.isprintable() else f"U+{ord(c):04X}" for c in word)
+    return shown if shown.isprintable() else " ".join(c if c.isprintable() else f"U+{ord(c):04X}" for c in shown)
 
 
 def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
@@ -223,7 +225,7 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
         lines.append(f"Automatic name: {name}")
     reads = f.extra.get("reads")
     if isinstance(reads, list) and reads:  # features/pipeline/label.py: the words that set its contexts apart
-        lines.append("Reads: " + ", ".join(f"`{w}`" for w in reads[:8] if isinstance(w, str)))
+        lines.append("Reads: " + ", ".join(f"`{_visible(w)}`" for w in reads[:8] if isinstance(w, str)))
     held = f.extra.get("heldout_words")
     if isinstance(held, list) and held:  # features/pipeline/label.py: measured where it fires, not predicted
         lines.append("On held-out text, its strong firings land on: " + ", ".join(
@@ -233,7 +235,7 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     if isinstance(writes, list) and writes:  # features/pipeline/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))
     if f.top_tokens:
-        lines.append("Promotes: " + ", ".join(f"`{t.strip() or repr(t)}`" for t in f.top_tokens[:8]))
+        lines.append("Promotes: " + ", ".join(f"`{_visible(t)}`" for t in f.top_tokens[:8]))
     return "\n\n".join(line for line in lines if line)
 
 

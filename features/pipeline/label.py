@@ -340,7 +340,8 @@ def heldout_words(positions: np.ndarray, text: Text, vocab: Vocabulary, n: int =
     ids, counts = np.unique(lem, return_counts=True)
     shown: dict[str, int] = {}  # " --" and "--" are two units but one word to a reader
     for i, c in zip(ids.tolist(), counts.tolist()):
-        w = vocab.surface(i).strip() or vocab.surface(i)
+        written = vocab.surface(i)
+        w = written.strip() or written
         shown[w] = shown.get(w, 0) + c
     top = sorted(shown.items(), key=lambda wc: -wc[1])[:n]
     return [[w, round(c / len(positions), 3)] for w, c in top]
@@ -410,10 +411,11 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
             strong = STRONG * float(a.max())
             v = verdict(p[a >= strong], density, tr, vocab, a[a >= strong])
             hp, ha = (hpos[hb[i]:hb[i + 1]], hact[hb[i]:hb[i + 1]]) if i + 1 < len(hb) else (hpos[:0], hact[:0])
-            score, fires = detection(v, hp[ha >= strong], ho)
+            held = hp[ha >= strong]  # its strong held-out firings
+            score, fires = detection(v, held, ho)
             row = {"id": i, "name": v.name, "kind": v.kind, "reads": v.reads, "mode": v.mode,
                    "score": None if score is None else round(score, 3), "heldout_fires": fires,
-                   "heldout_words": heldout_words(hp[ha >= strong], ho, vocab),
+                   "heldout_words": heldout_words(held, ho, vocab),
                    "train_score": round(v.train_score, 3), "examples": examples(p, a, tr)}
             pending.append(row)
             if checkpoint is not None and len(pending) >= CHECKPOINT_EVERY:
