@@ -77,6 +77,20 @@ def test_words_that_share_a_hypernym_are_named_by_it(lexicon):
     assert name(reads("whale", "dog"), lexicon) == ("animals", K.CONCEPT)
 
 
+def test_a_hypernym_the_text_hardly_writes_gives_way_to_an_everyday_one(lexicon):
+    """Given how often the text writes each word, "sea creatures" (never written) gives way
+    to "animals" where that covers more of the words, to the words themselves where it covers
+    no more; a plural the text never writes stays singular."""
+    counts = {"animal": 40, "animals": 12, "sea": 30, "creature": 0, "weekday": 9}
+    written = lambda w: counts.get(w.lower(), 0)  # noqa: E731
+    sea_and_dog = [*reads("whale", "shark", "dolphin"), Reading("dog", "dog", 0.05)]
+    assert name(sea_and_dog, lexicon) == ("sea creatures", K.CONCEPT)  # nearest, without counts
+    assert name(sea_and_dog, lexicon, written) == ("animals", K.CONCEPT)
+    assert name(reads("whale", "shark", "dolphin"), lexicon, written) == ("whale, shark and dolphin", K.CONCEPT)
+    assert name(reads("Monday", "Friday"), lexicon, written) == ("weekday", K.CONCEPT)  # never "weekdays"
+    assert name(reads("whale", "shark", "dolphin"), lexicon, lambda w: 10) == ("sea creatures", K.CONCEPT)
+
+
 def test_one_word_and_its_forms_is_that_word(lexicon):
     assert name([Reading("bridge", "bridge", 0.6), Reading("bridges", "bridge", 0.3), Reading("dog", "dog", 0.1)],
                  lexicon) == ("bridge", K.WORD)
@@ -150,11 +164,17 @@ def test_names_come_from_the_strong_firings(lexicon):
     rare = {0: Feature(0, "", 1.0, 0.01)}  # its density over far more text than this
     found = relabel(firings, firings, lambda t: tokens[t], lexicon, rare, 1, progress=False)
     f = found[0]
-    assert f.extra["name"] == "sea creatures" and "the" not in f.extra["reads"]
+    # a text this short never writes "sea creature": the words name it
+    assert f.extra["name"] == "whales, sharks and dolphin" and "the" not in f.extra["reads"]
     assert f.extra["heldout_fires"] == 3 and f.extra["score"] == 1.0
     # where its strong held-out firings land, measured and written as in the text: one each
     assert sorted(w for w, _ in f.extra["heldout_words"]) == ["dolphin", "sharks", "whales"]
     assert [s for _, s in f.extra["heldout_words"]] == [0.333] * 3
+    # a curated feature keeps its label (what it writes) and gets the name of where it fires
+    writer = {0: Feature(0, "the sea", 1.0, 0.01, curated=True, extra={"name": "the sea", "kind": "curated"})}
+    f = relabel(firings, firings, lambda t: tokens[t], lexicon, writer, 1, progress=False)[0]
+    assert f.label == "the sea" and f.curated
+    assert f.extra["name"] == "whales, sharks and dolphin" and f.extra["kind"] == "concept"
 
 
 def test_reads_come_strongest_first(lexicon):

@@ -38,7 +38,7 @@ from features.catalog import Feature
 from features.dictionary import Dictionary
 from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.pipeline.naming import Reading, display, is_english, name as name_of
+from features.pipeline.naming import Reading, Written, display, is_english, name as name_of
 from features.words import base_word, join
 
 MAX_READS = 8  # words shown and named from
@@ -100,6 +100,7 @@ class Vocabulary:
         self.lemmas: list[str] = []
         self.kinds: list[str | None] = []
         self.surfaces: list[dict[str, int]] = []
+        self.written: Written | None = None  # how often the training text writes a word, once read (naming.py)
 
     def id(self, unit: str, is_word: bool) -> int:
         key, kind = _lemma_key(unit, is_word, self.lexicon)
@@ -113,6 +114,15 @@ class Vocabulary:
         if len(s) < 20 or unit in s:
             s[unit] = s.get(unit, 0) + 1
         return i
+
+    def writing_counts(self) -> Written:
+        """How often the text read so far writes each word, exactly so (any case)."""
+        counts: dict[str, int] = {}
+        for forms in self.surfaces:
+            for unit, n in forms.items():
+                key = unit.strip().lower()
+                counts[key] = counts.get(key, 0) + n
+        return lambda word: counts.get(word.lower(), 0)
 
     def surface(self, i: int) -> str:
         s = self.surfaces[i]
@@ -281,7 +291,7 @@ def verdict(positions: np.ndarray, density: float | None, text: Text, vocab: Voc
         title = K.punctuation_name(units) if mode in ("punctuation", "space") and units else K.NAMES[mode]
         return Verdict(title, mode, _shown(reads, vocab), [i for i, _ in reads], mode, score + KIND_MARGIN)
     readings = [Reading(vocab.surface(i), vocab.lemmas[i], g, vocab.kinds[i]) for i, g in gains[:MAX_READS]]
-    title, kind = name_of(readings, vocab.lexicon)
+    title, kind = name_of(readings, vocab.lexicon, vocab.written)
     if mode == "before" and kind in (K.WORD, K.CONCEPT):
         title, kind = (f"after {title}" if kind == K.CONCEPT else f"after the word {title}"), K.AFTER
     return Verdict(title, kind, _shown(gains, vocab), [i for i, _ in gains], mode, score,
@@ -389,6 +399,7 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
 
     vocab = Vocabulary(lexicon)
     tr = read_text(train, decode, vocab)
+    vocab.written = vocab.writing_counts()  # the training text's words only: names are chosen on it
     ho = read_text(heldout, decode, vocab)
     N = int(tr.content.sum())
     bounds, pos, act = _by_feature(train, tr.content)
@@ -471,12 +482,13 @@ def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: fl
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
     name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"])
-    name = before.label if before.curated else name
-    extra |= {"name": name, "kind": "curated" if before.curated else kind, "reads": row["reads"],
+    # A curated label says what the feature writes; "name" and "kind" keep where it fires, which
+    # the fired panel shows for a writer that fires elsewhere (chat/ui/fired.py `panel_label`).
+    extra |= {"name": name, "kind": kind, "reads": row["reads"],
               "score": row["score"], "heldout_fires": row["heldout_fires"]}
     if row.get("heldout_words"):
         extra["heldout_words"] = row["heldout_words"]
-    return replace(before, label=name,
+    return replace(before, label=before.label if before.curated else name,
                    max_activation=before.max_activation if before.max_activation is not None else max_activation,
                    density=before.density if before.density is not None else density,
                    examples=row["examples"], top_tokens=before.top_tokens or top_tokens or [], extra=extra)

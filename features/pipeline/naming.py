@@ -5,7 +5,10 @@ Rules, in order (`name`):
 2. One word and its forms ("bridge", "bridges", "Bridge") -> that word.
 3. Words that share a WordNet hypernym or category -> that, plural where it counts things:
    whale, shark, dolphin -> "sea creatures"-like ("aquatic vertebrates"); Monday, Friday ->
-   "weekdays"; cake, bread, soup -> "food and drink".
+   "weekdays"; cake, bread, soup -> "food and drink". Given how often the text writes each
+   word (`written`), a hypernym the text hardly uses ("tracheophytes" for coffee and peanuts)
+   gives way to a nearer everyday one or a category, and a plural the text never writes
+   ("clothings") stays singular.
 4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
 Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
 they are most of what it reads, and are left out of names beside English words.
@@ -14,13 +17,15 @@ A lone letter that is most of what it reads names it ("B"): chat logs mark their
 """
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from features.kinds import CONCEPT, FUNCTION, FUNCTION_WORDS, NAMES, PROPER, WORD, punctuation_name
 from features.lexicon import TOO_GENERAL, Lexicon
 
 MAX_CHARS = 40
 MIN_NOUN_DEPTH = 5  # hypernyms fewer steps below WordNet's root than this are too general to name
+MIN_WRITTEN = 5  # a hypernym's words written fewer times than this in the text are not everyday words
+Written = Callable[[str], int]  # how often the text writes a word exactly so (any case)
 # WordNet categories named in plain words, where a group of reads shares nothing nearer.
 CATEGORY_NAMES = {
     "noun.animal": "animals", "noun.food": "food and drink", "noun.feeling": "feelings",
@@ -76,8 +81,9 @@ def display(word: str) -> str:
     return word if (word[:1].isupper() and not word.isupper() or word.isupper() and len(word) > 1) else word.lower()
 
 
-def name(reads: Sequence[Reading], lexicon: Lexicon) -> Name:
-    """The name for these reads (best first); see the module doc for the rules."""
+def name(reads: Sequence[Reading], lexicon: Lexicon, written: Written | None = None) -> Name:
+    """The name for these reads (best first); see the module doc for the rules. `written`: how
+    often the text writes a word, so that hypernyms are everyday words (None: any word)."""
     reads = [r for r in reads if r.weight > 0]
     if not reads:
         return Name("rare contexts", "rare")
@@ -112,7 +118,7 @@ def name(reads: Sequence[Reading], lexicon: Lexicon) -> Name:
     forms = [r for r in content if _same_word(r, first, lexicon)]
     if sum(r.weight for r in forms) >= 0.6 * share or len(content) == 1:
         return Name(_fit(display(first.word)), WORD)
-    group = _group(content[:8], lexicon)
+    group = _group(content[:8], lexicon, written)
     if group:
         return Name(_fit(group), CONCEPT)
     shown: list[str] = []
@@ -152,7 +158,7 @@ def _same_word(a: Reading, b: Reading, lexicon: Lexicon) -> bool:
     return rel is not None and rel.how == "derived"
 
 
-def _group(words: Sequence[Reading], lexicon: Lexicon) -> str | None:
+def _group(words: Sequence[Reading], lexicon: Lexicon, written: Written | None = None) -> str | None:
     """A hypernym or category most of the weight of these words shares, named; None if none."""
     total = sum(r.weight for r in words)
     known = [r for r in words if lexicon.senses(r.lemma)]
@@ -182,24 +188,40 @@ def _group(words: Sequence[Reading], lexicon: Lexicon) -> str | None:
             cover[key] = cover.get(key, 0.0) + r.weight
             steps.setdefault(key, []).append(step)
             members.setdefault(key, set()).add(r.lemma)
-    best, best_score = None, 0.0
-    for key, weight in cover.items():
-        if len(members[key]) < 2 or weight < 0.5 * total:
+    score = {key: weight / total - 0.04 * (sum(steps[key]) / len(steps[key])) for key, weight in cover.items()
+             if len(members[key]) >= 2 and weight >= 0.5 * total}
+    best, bar = None, 0.0
+    for key in sorted((k for k in score if score[k] > 0), key=lambda k: -score[k]):
+        if written is not None and key.startswith("syn:") and _everyday(lexicon.words(int(key[4:])), written) is None:
+            bar = max(bar, cover[key])  # a name the text hardly uses ("tracheophytes")...
             continue
-        score = weight / total - 0.04 * (sum(steps[key]) / len(steps[key]))
-        if score > best_score:
-            best, best_score = key, score
+        if cover[key] > bar:  # ...gives way only to one that covers more of the words, not to a
+            best = key        # vaguer one beside it ("places" for end, start and middle)
+        break
     if best is None:
         return None
     kind, _, value = best.partition(":")
     if kind == "lex":
         return CATEGORY_NAMES[value]
     s = int(value)
-    word = next((w for w in lexicon.words(s) if " " not in w), lexicon.words(s)[0])
+    word = (_everyday(lexicon.words(s), written) if written is not None else None) \
+        or next((w for w in lexicon.words(s) if " " not in w), lexicon.words(s)[0])
     if lexicon.lexname(s) in _MASS_LEXNAMES:
         return word
-    head, _, last = word.rpartition(" ")  # "sea creature" -> "sea creatures"
-    return f"{head} {plural(last)}".strip()
+    noun, of, rest = word.partition(" of ")  # "day of the week" -> "days of the week"
+    head, _, last = noun.rpartition(" ")  # "sea creature" -> "sea creatures"
+    if written is not None and not written(plural(last)):
+        return word  # "clothing": the text never writes "clothings"
+    return f"{head} {plural(last)}".strip() + (of + rest if of else "")
+
+
+def _everyday(words: Sequence[str], written: Written) -> str | None:
+    """The first of a synset's words whose every part the text writes at least MIN_WRITTEN times
+    (in the singular or plural), one word before several; None if none is everyday."""
+    def common(w: str) -> bool:
+        return all(written(p) + written(plural(p)) >= MIN_WRITTEN for p in w.replace("-", " ").split())
+    ok = [w for w in words if common(w)]
+    return next((w for w in ok if " " not in w), ok[0] if ok else None)
 
 
 def _fit(text: str) -> str:
