@@ -94,6 +94,13 @@ class Feature:
             row["strengths"] = self.strengths
         return row | self.extra
 
+    def heldout_words(self) -> list[tuple[str, float]]:
+        """Where its strong held-out firings land: (word as written, share) for the words they
+        land on most (features/pipeline/label.py), well-formed entries only; [] if unmeasured."""
+        rows = self.extra.get("heldout_words")
+        return [(r[0], float(r[1])) for r in rows if isinstance(r, (list, tuple)) and len(r) == 2
+                and isinstance(r[0], str) and isinstance(r[1], (int, float))] if isinstance(rows, list) else []
+
     def has_info(self) -> bool:
         return bool(self.label or self.curated or self.examples or self.top_tokens or self.extra
                     or self.strengths or self.steerability is not None

@@ -10,7 +10,7 @@ import torch
 
 from chat.steer import batch
 from chat.steer.batch import RowSteerer, replies
-from chat.steer.concept import (CONFIRM_RATIOS, FORMAT, PAIR_RATIOS, Concept, ConceptCache, ConceptError, _confirmations,
+from chat.steer.concept import (CONFIRM_RATIOS, FORMAT, PAIR_RATIOS, ROUNDS, Concept, ConceptCache, ConceptError, _confirmations,
                           concept_terms, find, mention_rate, parse_concept, reading_profile, user_file)
 from chat.engine import Engine
 from chat.steer.settings import GenerationSettings
@@ -66,11 +66,14 @@ def test_terms_and_mentions():
 def test_cache_keeps_concepts_and_errors_and_ignores_other_dictionaries(tmp_path):
     shipped, user = tmp_path / "concepts.json", tmp_path / "user" / "k.json"
     shipped.write_text(json.dumps({"format": FORMAT, "key": "k", "concepts": {
-        "ocean": OCEAN.to_json(), "broken": {"concept": "broken"}, "anger": {"concept": "anger", "error": "nothing writes it"}}}))
+        "ocean": OCEAN.to_json(), "broken": {"concept": "broken"},
+        "anger": {"concept": "anger", "error": "nothing writes it", "rounds": ROUNDS},
+        "fear": {"concept": "fear", "error": "a search of one round found nothing"}}}))
     cache = ConceptCache("k", shipped, user)
     assert cache.get("ocean") == OCEAN and cache.get("rain") is None and cache.get("broken") is None
     with pytest.raises(ConceptError, match="nothing writes it"):
         cache.get("anger")
+    assert cache.get("fear") is None  # found nothing with fewer rounds than a search has now: searched again
     rain = Concept("rain", "add", ((1, 3.0),), (1.0, 1.0), 0.5, 1.0, ("rain",))
     cache.put(rain)
     cache.put(ConceptError("no feature writes 'zzz'"), "zzz")
@@ -186,6 +189,43 @@ def test_search_on_a_random_model_says_plainly_that_nothing_writes_it(engine):
         find(engine, "ocean")
     assert "ocean" in str(e.value) and "\n" not in str(e.value)
     assert time.perf_counter() - start < 120
+
+
+def test_candidates_come_in_rounds_of_new_settings(engine):
+    from chat.steer.concept import GRADIENT_CANDIDATES, candidates, concept_token_ids
+
+    terms = concept_terms("ocean")
+    ids = concept_token_ids(engine.lm.tokenizer, terms)
+    one = candidates(engine, "ocean", terms, ids, GenerationSettings())
+    two = candidates(engine, "ocean", terms, ids, GenerationSettings(), rounds=2)
+    assert len(one) == 1 and two[0] == one[0]  # a second round never changes the first
+    assert two[1] and not set(two[0]) & set(two[1])
+    assert len(two[1]) >= GRADIENT_CANDIDATES  # the gradient's next best, at least
+
+
+def test_a_second_round_only_where_the_first_finds_nothing(engine, monkeypatch):
+    from chat.steer import concept as C
+
+    tried, progress = [], []
+
+    def search(eng, word, found, terms, settings, say, cancel):
+        tried.append(list(found))
+        say(0.5, "screening")
+        if ((9, 1.0),) in found:
+            return Concept(word, "add", ((9, 1.0),), (1.0, 1.0), 1.0, 1.0, terms)
+        raise ConceptError(f"no feature of this dictionary steers toward {word!r}: the best got only 50%")
+
+    monkeypatch.setattr(C, "_search", search)
+    monkeypatch.setattr(C, "candidates", lambda *a, **k: [[((9, 1.0),)], [((2, 1.0),)]])
+    assert find(engine, "ocean").strengths == {9: 1.0} and tried == [[((9, 1.0),)]]  # found: no second round
+    tried.clear()
+    monkeypatch.setattr(C, "candidates", lambda *a, **k: [[((1, 1.0),)], [((9, 1.0),)]])
+    assert find(engine, "ocean", progress=lambda f, m: progress.append((f, m))).strengths == {9: 1.0}
+    assert tried == [[((1, 1.0),)], [((9, 1.0),)]]
+    assert progress[-2:] == [(0.5, "screening"), (0.75, "round 2: screening")]  # the bar halves for round 2
+    monkeypatch.setattr(C, "candidates", lambda *a, **k: [[((1, 1.0),)], [((2, 1.0),), ((3, 1.0),)]])
+    with pytest.raises(ConceptError, match=r"the best got only 50%; nor did 2 more candidates$"):
+        find(engine, "ocean")
 
 
 def test_placeholder_dictionary_refuses_concepts(tiny_lm):

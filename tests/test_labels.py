@@ -351,6 +351,9 @@ def test_a_firing_reader_is_measured_by_where_it_fires_not_by_its_name(lexicon):
     # held-out words are stored as written; they count through their lemma
     whales = Feature(2, "word: whales", 1.0, 0.01, extra={"heldout_words": [["Whales", 0.5], ["geese", 0.25]]})
     assert firing_share(whales, {"whale", "goose"}, lexicon) == pytest.approx(0.75)
+    # a hand-edited catalog's malformed entries count for nothing, here and in the details card
+    odd = Feature(3, "word: rain", extra={"heldout_words": [["rain", "most"], "rain", ["rain", 0.5, 1], ["Rain", 0.25]]})
+    assert odd.heldout_words() == [("Rain", 0.25)] and firing_share(odd, {"rain"}, lexicon) == 0.25
     report = evaluate(cat, lexicon)
     by = {c["query"]: c for c in report.concepts}
     assert by["rain"]["firing_readers"] == [[0, "mixed: of, rain, the", 0.35]]

@@ -77,6 +77,9 @@ MAX_COST = 1.7  # median perplexity ratio; the benchmark's bound is 2, this leav
 # A wider net than 3, 2, 2: which name match writes a concept is luck ("anger" is written by
 # its 4th, "medicine" by its 3rd), and the screen costs ~2.5 s a candidate here.
 GRADIENT_CANDIDATES, NAME_CANDIDATES, WRITER_CANDIDATES = 4, 4, 3
+# Where none of them passes, a second round tries the next as many of each (a concept that
+# passes in the first round is never searched further, so its result does not change).
+ROUNDS = 2
 FORMAT = "steerchat-concepts/1"
 CONCEPTS_FILE = "concepts.json"  # beside a dictionary's catalog: its measured concepts
 INFLECTIONS = (*PLURALS, "ed", "ing")
@@ -260,24 +263,33 @@ def attribution(engine, token_ids: Sequence[int], prompts: Sequence[str] = SEARC
 
 
 def candidates(engine, word: str, terms: Sequence[str], token_ids: Sequence[int],
-               settings: GenerationSettings, cancel: threading.Event | None = None) -> list[Setting]:
-    """Steerings worth trying at unit scale: the reading profile's top 1, 2 and 3 together (in
-    their proportions), the catalog's name matches, features `discover` saw write one of
-    `terms`, and the gradient's best."""
+               settings: GenerationSettings, cancel: threading.Event | None = None,
+               rounds: int = 1) -> list[list[Setting]]:
+    """Steerings worth trying at unit scale, in `rounds` rounds. The first: the reading
+    profile's top 1, 2 and 3 together (in their proportions), the catalog's NAME_CANDIDATES
+    name matches, WRITER_CANDIDATES features `discover` saw write one of `terms`, and the
+    gradient's GRADIENT_CANDIDATES best; each later round, the next as many of each kind."""
     live = torch.tensor([engine.catalog.max_activation(i) is not None for i in range(engine.dictionary.d_sae)])
     profile = [(f, v) for f, v in reading_profile(engine, word) if live[f]]
-    out = [tuple((f, round(v / profile[0][1], 3)) for f, v in profile[:k]) for k in range(1, len(profile) + 1)]
+    first = [tuple((f, round(v / profile[0][1], 3)) for f, v in profile[:k]) for k in range(1, len(profile) + 1)]
     try:
-        named = [f.id for f in engine.catalog.search(word, top=NAME_CANDIDATES) if live[f.id]]
+        named = [f.id for f in engine.catalog.search(word, top=NAME_CANDIDATES * rounds) if live[f.id]]
     except ValueError:
         named = []
     wanted = set(terms)
     writers = [f.id for f in engine.catalog if f.extra.get("writes") and live[f.id]
-               and wanted & {w.lower() for w in f.extra["writes"] if isinstance(w, str)}][:WRITER_CANDIDATES]
+               and wanted & {w.lower() for w in f.extra["writes"] if isinstance(w, str)}]
     scores = attribution(engine, token_ids, SEARCH_PROMPTS, settings, cancel=cancel)
-    ranked = scores.masked_fill(~live, float("-inf")).topk(GRADIENT_CANDIDATES).indices.tolist()
-    out += [((f, 1.0),) for f in named + writers + ranked]
-    return list(dict.fromkeys(out))
+    ranked = scores.masked_fill(~live, float("-inf")).topk(GRADIENT_CANDIDATES * rounds).indices.tolist()
+    out, seen = [], set()
+    for r in range(rounds):
+        this = (first if r == 0 else []) + [((f, 1.0),) for f in named[r * NAME_CANDIDATES:(r + 1) * NAME_CANDIDATES]
+                                            + writers[r * WRITER_CANDIDATES:(r + 1) * WRITER_CANDIDATES]
+                                            + ranked[r * GRADIENT_CANDIDATES:(r + 1) * GRADIENT_CANDIDATES]]
+        this = [c for c in dict.fromkeys(this) if c not in seen]
+        seen.update(this)
+        out.append(this)
+    return out
 
 
 # -- measuring -------------------------------------------------------------------------------
@@ -352,7 +364,30 @@ def find(engine, word: str, progress: Callable[[float, str], None] | None = None
     terms = concept_terms(word)
     token_ids = concept_token_ids(engine.lm.tokenizer, terms)
     say(0.05, f"finding the features that read and write {word!r}")
-    found = candidates(engine, word, terms, token_ids, settings, cancel)
+    rounds = candidates(engine, word, terms, token_ids, settings, cancel, rounds=ROUNDS)
+    errors: list[ConceptError] = []
+    for r, found in enumerate(rounds):
+        try:
+            return _search(engine, word, found, terms, settings, _in_round(say, r), cancel)
+        except ConceptError as e:
+            errors.append(e)
+        if not any(rounds[r + 1:]):
+            break
+    more = sum(len(found) for found in rounds[1:len(errors)])
+    raise ConceptError(f"{errors[0]}" + (f"; nor did {more} more candidates" if more else ""))
+
+
+def _in_round(say: Callable[[float, str], None], r: int) -> Callable[[float, str], None]:
+    """Progress within round `r` (from 0). A later round takes about as long as the first, so the
+    bar goes back to r / (r + 1) and the estimate of the time left follows."""
+    if r == 0:
+        return say
+    return lambda fraction, message: say((r + fraction) / (r + 1), f"round {r + 1}: {message}")
+
+
+def _search(engine, word: str, found: Sequence[Setting], terms: Sequence[str], settings: GenerationSettings,
+            say: Callable[[float, str], None], cancel: threading.Event | None) -> Concept:
+    """One round of `find` over the candidate settings `found`."""
     say(0.15, f"trying {len(found)} candidates at {len(SCREEN_SCALES)} strengths")
     screen = _trials(engine, [_scaled(c, s) for c in found for s in SCREEN_SCALES], terms, settings,
                      SEARCH_PROMPTS, SCREEN_TOKENS, cancel)
@@ -448,7 +483,8 @@ class ConceptCache:
 
     def put(self, concept: Concept | ConceptError, word: str | None = None) -> None:
         """Keep a found concept, or the error a search for `word` ended with (not searched again)."""
-        row = concept.to_json() if isinstance(concept, Concept) else {"concept": word, "error": str(concept)}
+        row = concept.to_json() if isinstance(concept, Concept) else {"concept": word, "error": str(concept),
+                                                                      "rounds": ROUNDS}
         with self._lock:
             self._mine[row["concept"]] = row
             _write_atomic(self.user, json.dumps({"format": FORMAT, "key": self.key, "concepts": self._mine}, indent=1))
@@ -494,7 +530,10 @@ def _read(path: Path, key: str) -> dict[str, dict]:
     good = {}
     for word, row in (rows.items() if isinstance(rows, dict) else ()):
         try:
-            if not (isinstance(row, dict) and isinstance(row.get("error"), str)):
+            if isinstance(row, dict) and isinstance(row.get("error"), str):
+                if row.get("rounds", 1) < ROUNDS:
+                    continue  # a shallower search found nothing: this one may find it
+            else:
                 Concept.from_json(row)
         except (KeyError, TypeError, ValueError):
             continue  # one bad row costs a search, not the file

@@ -226,11 +226,10 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
     reads = f.extra.get("reads")
     if isinstance(reads, list) and reads:  # features/pipeline/label.py: the words that set its contexts apart
         lines.append("Reads: " + ", ".join(f"`{_visible(w)}`" for w in reads[:8] if isinstance(w, str)))
-    held = f.extra.get("heldout_words")
-    if isinstance(held, list) and held:  # features/pipeline/label.py: measured where it fires, not predicted
-        lines.append("On held-out text, its strong firings land on: " + ", ".join(
-            f"`{_visible(r[0])}` {r[1]:.0%}" for r in held[:3]
-            if isinstance(r, list) and len(r) == 2 and isinstance(r[0], str) and isinstance(r[1], (int, float))))
+    held = f.heldout_words()
+    if held:  # features/pipeline/label.py: measured where it fires, not predicted
+        lines.append("On held-out text, its strong firings land on: "
+                     + ", ".join(f"`{_visible(w)}` {share:.0%}" for w, share in held[:3]))
     writes = f.extra.get("writes")
     if isinstance(writes, list) and writes:  # features/pipeline/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))

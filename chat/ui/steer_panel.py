@@ -164,7 +164,8 @@ class SteerHandlers:
         except ValueError as e:  # malformed: a one-line warning and a note, nothing lost. Raising would
             gr.Warning(str(e))   # mark the mode and the note with Error badges that outlive the next actions
             return [*kept, f"**Not steered:** {e}"]
-        progress(0.0, desc="looking it up (a new concept is measured once: 20-30 s on a quiet 2-core machine)")
+        progress(0.0, desc="looking it up (a new concept is measured once: 20-30 s on a quiet 2-core machine, "
+                           "twice that when the first round finds nothing)")
         started = time.monotonic()
 
         def report(fraction: float, message: str) -> None:  # the estimate from this search's own pace

@@ -158,11 +158,7 @@ def evaluate(catalog: Catalog, lexicon: Lexicon) -> Report:
 def firing_share(f: Feature, lemmas: set[str], lexicon: Lexicon) -> float:
     """The share of the feature's strong held-out firings on any of `lemmas` (of the words it
     fires on most there: features/pipeline/label.py `heldout_words`)."""
-    rows = f.extra.get("heldout_words")
-    if not isinstance(rows, list):
-        return 0.0
-    return sum(float(r[1]) for r in rows if isinstance(r, list) and len(r) == 2 and isinstance(r[0], str)
-               and isinstance(r[1], (int, float)) and (r[0].lower() in lemmas or lexicon.lemma(r[0]) in lemmas))
+    return sum(share for w, share in f.heldout_words() if w.lower() in lemmas or lexicon.lemma(w) in lemmas)
 
 
 def fired_readability(engine, lexicon: Lexicon, prompts, top: int = 5) -> dict:

@@ -7,8 +7,8 @@ Rules, in order (`name`):
    whale, shark, dolphin -> "sea creatures"-like ("aquatic vertebrates"); Monday, Friday ->
    "weekdays"; cake, bread, soup -> "food and drink". Given how often the text writes each
    word (`written`), a hypernym the text hardly uses ("tracheophytes" for coffee and peanuts)
-   gives way to a nearer everyday one or a category, and a plural the text never writes
-   ("clothings") stays singular.
+   gives way to a name that covers more of the words ("food and drink"), or else to rule 4;
+   a plural the text never writes ("clothings") stays singular.
 4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
 Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
 they are most of what it reads, and are left out of names beside English words.
