@@ -281,11 +281,10 @@ def candidates(engine, word: str, terms: Sequence[str], token_ids: Sequence[int]
                and wanted & {w.lower() for w in f.extra["writes"] if isinstance(w, str)}]
     scores = attribution(engine, token_ids, SEARCH_PROMPTS, settings, cancel=cancel)
     ranked = scores.masked_fill(~live, float("-inf")).topk(GRADIENT_CANDIDATES * rounds).indices.tolist()
+    kinds = ((named, NAME_CANDIDATES), (writers, WRITER_CANDIDATES), (ranked, GRADIENT_CANDIDATES))
     out, seen = [], set()
     for r in range(rounds):
-        this = (first if r == 0 else []) + [((f, 1.0),) for f in named[r * NAME_CANDIDATES:(r + 1) * NAME_CANDIDATES]
-                                            + writers[r * WRITER_CANDIDATES:(r + 1) * WRITER_CANDIDATES]
-                                            + ranked[r * GRADIENT_CANDIDATES:(r + 1) * GRADIENT_CANDIDATES]]
+        this = (first if r == 0 else []) + [((f, 1.0),) for ids, n in kinds for f in ids[r * n:(r + 1) * n]]
         this = [c for c in dict.fromkeys(this) if c not in seen]
         seen.update(this)
         out.append(this)

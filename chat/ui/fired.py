@@ -66,7 +66,7 @@ def confidence(f: Feature) -> float:
     score, fires = f.extra.get("score"), f.extra.get("heldout_fires")
     if not isinstance(score, (int, float)):
         return 1.0
-    if isinstance(fires, int) and fires < MIN_SCORED_FIRES or f.extra.get("kind") == "mixed":
+    if isinstance(fires, int) and fires < MIN_SCORED_FIRES or f.extra.get("kind") == MIXED:
         return MIN_CONFIDENCE  # a "mixed" name says that no word list predicts it: nothing to read
     return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))
 
