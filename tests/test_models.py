@@ -92,3 +92,24 @@ def test_placeholder_is_labelled(tiny_lm):
     assert engine.placeholder and "PLACEHOLDER" in engine.status()
     assert engine.layer == tiny_lm.n_layers // 2
     assert "untrained" in engine.catalog.label(0)
+
+
+def test_conversion_marks_gemma_image_markers_special(tmp_path):
+    """The GGUF types Gemma 3's image markers like "<table>"; the converted tokenizer flags them
+    special, as the official one does, so replies neither show nor sample them. Once."""
+    from tests.conftest import make_tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    from chat.runtime.models import IMAGE_MARKERS, _mark_special, special_added_ids
+
+    tok = make_tokenizer()
+    tok.add_tokens(list(IMAGE_MARKERS) + ["<table>"])  # plain added tokens, as the GGUF has them
+    tok.save_pretrained(tmp_path)
+    _mark_special(tmp_path)
+    done = (tmp_path / "tokenizer.json").stat().st_mtime_ns
+    _mark_special(tmp_path)
+    assert (tmp_path / "tokenizer.json").stat().st_mtime_ns == done
+    marked = PreTrainedTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json"))
+    image, table = marked.convert_tokens_to_ids([IMAGE_MARKERS[0], "<table>"])
+    assert image in special_added_ids(marked) and table not in special_added_ids(marked)
+    assert marked.decode(marked.encode("cats<start_of_image><table>"), skip_special_tokens=True) == "cats<table>"

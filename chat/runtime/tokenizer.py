@@ -119,6 +119,7 @@ class LeanTokenizer:
         added = self.convert_ids_to_tokens(arrays["added_ids"].tolist())
         self._added = dict(zip(added, arrays["added_ids"].tolist()))
         self._special_ids = {i for i, s in zip(arrays["added_ids"].tolist(), arrays["added_special"].tolist()) if s}
+        self.special_added_ids = sorted(self._special_ids)  # chat/runtime/models.py `special_added_ids`
         self._chars = dict(zip(self.convert_ids_to_tokens(arrays["char_ids"].tolist()), arrays["char_ids"].tolist()))
         self._byte_ids = arrays["byte_ids"].tolist()
         self._byte_of = {i: b for b, i in enumerate(self._byte_ids)}  # <0xNN> token id -> its byte

@@ -110,7 +110,7 @@ def replies(engine, messages: Sequence, steering: Steering | Sequence[Steering |
     rows = [s or Steering() for s in rows]
     steerer = _steerer(engine, rows)
     stops = prompts[0].stop_strings
-    processors = LogitsProcessorList(decoding_processors(settings, width, (), lm.device))
+    processors = LogitsProcessorList(decoding_processors(settings, width, (), lm.device, lm.never_sampled))
     with torch.inference_mode():
         cache = _prefix_cache(engine, ids[:, :shared], rows) if shared else None
         with attach(lm, engine.layer, steerer):

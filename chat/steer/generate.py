@@ -71,6 +71,23 @@ class _RefuseNaN(LogitsProcessor):
         return scores
 
 
+class _NeverSample(LogitsProcessor):
+    """Bans tokens that are never reply text (LoadedModel.never_sampled: padding, BOS, unused
+    slots, image markers), which strong steering can otherwise make the likeliest.
+
+    >>> _NeverSample(torch.tensor([1]))(torch.tensor([[0]]), torch.tensor([[1.0, 2.0, 0.5]])).tolist()
+    [[1.0, -inf, 0.5]]
+    """
+
+    def __init__(self, ids: Tensor):
+        if ids.dim() != 1:
+            raise ValueError(f"ids must be a 1-D tensor of token ids, got shape {tuple(ids.shape)}")
+        self.ids = ids.long()
+
+    def __call__(self, input_ids: Tensor, scores: Tensor) -> Tensor:
+        return scores.index_fill(1, self.ids.to(scores.device), float("-inf"))
+
+
 class _ReplyRepetitionPenalty(LogitsProcessor):
     """CTRL's repetition penalty (positive logits divided by `penalty`, negative multiplied) on
     the tokens the reply has generated so far, not the prompt's.
@@ -152,10 +169,11 @@ class _Cancelled(StoppingCriteria):
 
 
 def decoding_processors(settings: GenerationSettings, prompt_len: int, history: Sequence[Sequence[int]] = (),
-                        device: torch.device | str = "cpu") -> list[LogitsProcessor]:
+                        device: torch.device | str = "cpu", never: Tensor | None = None) -> list[LogitsProcessor]:
     """What `settings` adds to the model's logits, in order, for prompts of `prompt_len` tokens
-    (left-padded to it in a batch) and a conversation whose earlier replies are `history`."""
-    out: list[LogitsProcessor] = []
+    (left-padded to it in a batch) and a conversation whose earlier replies are `history`;
+    `never`: token ids no reply samples."""
+    out: list[LogitsProcessor] = [_NeverSample(never)] if never is not None and len(never) else []
     if settings.repetition_penalty > 1.0:
         out.append(_ReplyRepetitionPenalty(prompt_len, settings.repetition_penalty))
     if settings.no_repeat_ngram:
@@ -186,7 +204,8 @@ def generate(
     prompt_len = len(prompt.ids)
     input_ids = torch.tensor([prompt.ids], device=lm.device)  # (1, T)
     history = [prompt.ids[a:b] for a, b in prompt.replies]
-    processors = LogitsProcessorList([_RefuseNaN(), *decoding_processors(settings, prompt_len, history, lm.device)])
+    processors = LogitsProcessorList([_RefuseNaN(), *decoding_processors(settings, prompt_len, history, lm.device,
+                                                                               lm.never_sampled)])
     criteria = StoppingCriteriaList([_Cancelled(cancel)])
     if prompt.stop_strings:
         criteria.append(_StopStrings(tok, prompt_len, prompt.stop_strings))
