@@ -23,6 +23,10 @@ PROPER = "proper names"  # names no dictionary has: "Abram", "Stinner"
 DENSE = "dense"
 MIXED = "mixed"  # named after a concept that does not predict where it fires: its words, said as such
 CONCEPT_MIN_SCORE = 0.75  # a concept name must predict the feature's held-out firings this well
+# ... measured on at least this many: under it a score swings by more than 0.1 from sample to
+# sample, and the rare features it let through were named by unrelated words ("bride,
+# orchestra and poor" on 10 firings of mines, brides and public schools).
+CONCEPT_MIN_FIRES = 20
 # kind -> its plain name. Punctuation and white space get finer names from PUNCTUATION_NAMES.
 NAMES = {
     "punctuation": "punctuation",
@@ -53,19 +57,24 @@ thus therefore however whom whoever whatever whichever something anything nothin
 anyone everyone somebody anybody nobody""".split())
 
 
-def honest(name: str, kind: str, reads: list[str], score: float | None) -> tuple[str, str]:
+def honest(name: str, kind: str, reads: list[str], score: float | None,
+           fires: int | None = None) -> tuple[str, str]:
     """(name, kind) that says where a feature fires: a concept name only where it predicts the
-    firings on held-out text (score >= CONCEPT_MIN_SCORE); otherwise the words it reads, said as
-    such ("mixed: color, give, Changes"). A one-word feature says it is a word ("word: coffee").
+    firings on held-out text (score >= CONCEPT_MIN_SCORE on `fires` >= CONCEPT_MIN_FIRES of them;
+    None: not counted); otherwise the words it reads, said as such ("mixed: color, give,
+    Changes"). A one-word feature says it is a word ("word: coffee").
 
     >>> honest("sea, self and match", CONCEPT, ["sea", "self", "match"], 0.55)
     ('mixed: sea, self, match', 'mixed')
     >>> honest("weather", CONCEPT, ["rain", "snow"], 0.9), honest("coffee", WORD, ["coffee"], 0.95)
     (('weather', 'concept'), ('word: coffee', 'word'))
+    >>> honest("bride, orchestra and poor", CONCEPT, ["bride", "orchestra", "poor"], 0.81, fires=10)
+    ('mixed: bride, orchestra, poor', 'mixed')
 
     Function words too: a feature whose grammar words do not predict it fires elsewhere.
     """
-    if kind in (CONCEPT, FUNCTION) and (score is None or score < CONCEPT_MIN_SCORE) and reads:
+    unproven = score is None or score < CONCEPT_MIN_SCORE or fires is not None and fires < CONCEPT_MIN_FIRES
+    if kind in (CONCEPT, FUNCTION) and unproven and reads:
         return "mixed: " + ", ".join(reads[:3]), MIXED
     if kind == WORD and not name.startswith("word: "):
         return f"word: {name}", WORD

@@ -117,6 +117,11 @@ def test_kinds_get_plain_names_never_fragments(lexicon):
     assert K.honest("function words: can, be, to", K.FUNCTION, ["can", "be", "to"], 0.59) == \
         ("mixed: can, be, to", K.MIXED)
     assert K.honest("function words: what, that", K.FUNCTION, ["what", "that"], 0.9)[1] == K.FUNCTION
+    # A score on a handful of firings proves nothing: a rare feature's concept name says mixed.
+    rare = ["bride", "orchestra", "poor"]
+    assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES - 1)[1] == K.MIXED
+    assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES)[1] == K.CONCEPT
+    assert K.honest("word: out", K.WORD, ["out"], 0.9, fires=3) == ("word: out", K.WORD)  # a word is a word
 
 
 # --- detection -----------------------------------------------------------------------------
@@ -148,9 +153,11 @@ def test_reads_name_and_detection_score(lexicon):
     assert n == 3 and score == pytest.approx(0.5 * (2 / 3 + 1 / 2))
 
 
-def test_names_come_from_the_strong_firings(lexicon):
+def test_names_come_from_the_strong_firings(lexicon, monkeypatch):
     """Weak firings (below STRONG of the peak) neither name a feature nor count in its score."""
     from features.pipeline.label import STRONG, Vocabulary, relabel
+
+    monkeypatch.setattr(K, "CONCEPT_MIN_FIRES", 3)  # this text holds 3 strong firings
 
     tokens = " the whales and the sharks saw the dolphin and the bridge".split(" ")
     tokens = [tokens[0]] + [" " + t for t in tokens[1:]]
@@ -175,6 +182,21 @@ def test_names_come_from_the_strong_firings(lexicon):
     f = relabel(firings, firings, lambda t: tokens[t], lexicon, writer, 1, progress=False)[0]
     assert f.label == "the sea" and f.curated
     assert f.extra["name"] == "whales, sharks and dolphin" and f.extra["kind"] == "concept"
+
+
+def test_one_outlier_firing_does_not_make_the_rest_weak(lexicon):
+    """The peak that sets "strong" is the second strongest firing: a feature firing on "whales"
+    300 times at 1.0 and once on "bridge" at 10x is still named and scored on whales."""
+    from features.pipeline.label import relabel
+
+    tokens = [" whales", " swim"] * 300 + [" bridge"]
+    fires = list(range(0, 600, 2)) + [600]
+    ids = np.arange(len(tokens), dtype=np.int32)[None]
+    act = np.asarray([1.0] * 300 + [10.0], np.float32)
+    firings = Firings(ids, np.asarray(fires, np.int64), np.zeros(len(fires), np.int32), act,
+                      np.ones_like(ids, dtype=bool))
+    f = relabel(firings, firings, lambda t: tokens[t], lexicon, {0: Feature(0, "", 10.0, 0.01)}, 1, progress=False)[0]
+    assert f.extra["reads"][0] == "whales" and f.extra["heldout_fires"] == 301
 
 
 def test_reads_come_strongest_first(lexicon):
@@ -289,6 +311,9 @@ def test_fired_ranking_trusts_names_by_their_detection_score():
     # a "mixed" name says no word predicts the feature: however it scores, it names nothing
     mixed = Feature(5, "mixed: of, rain, the", extra={"kind": "mixed", "score": 0.74, "heldout_fires": 60})
     assert fd.confidence(mixed) == fd.MIN_CONFIDENCE < fd.confidence(cat[3])
+    # silent on the held-out text: nothing measured it; a catalog that never measured counts fully
+    silent = Feature(6, "word: Magellan's", extra={"kind": "word", "score": None, "heldout_fires": 0})
+    assert fd.confidence(silent) == fd.MIN_CONFIDENCE and fd.confidence(Feature(7, "old", extra={})) == 1.0
 
 
 def test_a_curated_writer_that_fires_elsewhere_shows_where_it_fires():

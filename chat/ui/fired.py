@@ -62,10 +62,11 @@ def confidence(f: Feature) -> float:
     that predicts where the feature fires (score >= 0.8) counts fully; one no better than
     chance (0.5), one scored on fewer than MIN_SCORED_FIRES held-out firings, or a "mixed" one,
     hardly. Curated features too: a curated name says what the feature writes, which may not be
-    where it fires. Catalogs without scores count fully."""
+    where it fires. Catalogs without scores count fully; a feature that never fired on the
+    held-out text (no score, 0 firings) hardly."""
     score, fires = f.extra.get("score"), f.extra.get("heldout_fires")
     if not isinstance(score, (int, float)):
-        return 1.0
+        return MIN_CONFIDENCE if isinstance(fires, int) else 1.0  # measured, and silent on held-out text
     if isinstance(fires, int) and fires < MIN_SCORED_FIRES or f.extra.get("kind") == MIXED:
         return MIN_CONFIDENCE  # a "mixed" name says that no word list predicts it: nothing to read
     return min(1.0, max(MIN_CONFIDENCE, (score - 0.5) / 0.3))

@@ -577,8 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     text_args(p)
     p.add_argument("--dictionary", required=True, help="a local dictionary folder (features.json is written there)")
     p.add_argument("--layer", type=int)
-    p.add_argument("--tokens", type=int, default=800_000, help="training tokens whose every firing is evidence")
-    p.add_argument("--heldout-tokens", type=int, default=150_000, help="held-out tokens for the detection scores")
+    p.add_argument("--tokens", type=int, default=1_600_000, help="training tokens whose every firing is evidence")
+    p.add_argument("--heldout-tokens", type=int, default=330_000,
+                   help="held-out tokens for the detection scores (the default mix holds about 327k)")
     p.add_argument("--work", help="where the evidence and progress are kept, so a run resumes "
                    "(default: a folder per dictionary and text under the cache)")
     p.add_argument("--wordnet", default="/usr/share/wordnet", help="WordNet database (Debian's wordnet-base)")

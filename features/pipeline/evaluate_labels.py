@@ -12,8 +12,8 @@
   READER_SCORE on at least MIN_FIRES held-out firings.
 - firing readers (the issue's definition, whatever the names say): for each concept, the
   features with at least MIN_FIRES strong held-out firings of which at least FIRING_SHARE land
-  on the concept's words (`heldout_words`, the three words it fires on most there, so a lower
-  bound for concepts of several words).
+  on the concept's words (`heldout_words`, the eight words it fires on most there, so a lower
+  bound for concepts of many words).
 """
 from __future__ import annotations
 

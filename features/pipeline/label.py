@@ -15,6 +15,8 @@ For each feature:
   chance. `heldout_fires` says on how many held-out tokens it fired.
 - Both come from the strong firings only (at >= STRONG of the feature's peak on the training
   text): the weak ones are where a TopK dictionary fills its k slots, not what it is about.
+  The peak is its second strongest firing, not the strongest: one outlier (a feature on
+  "sorry" firing at 10x its usual on one "Magellan's") would leave no strong firing but itself.
 - examples: the top contexts and samples from lower down its activation range, in whole words.
 - writes: what amplifying it makes the model say (features/pipeline/discover.py), whole words only.
 
@@ -338,7 +340,7 @@ def _predict(o: Option, positions: np.ndarray, text: Text) -> float | None:
     return 0.5 * (tp / P + 1 - fp / (N - P))
 
 
-def heldout_words(positions: np.ndarray, text: Text, vocab: Vocabulary, n: int = 3) -> list[list]:
+def heldout_words(positions: np.ndarray, text: Text, vocab: Vocabulary, n: int = 8) -> list[list]:
     """[[word, share], ...]: the words its strong held-out firings land on most (as most often
     written, like names: "does", not the lemma "doe"), with the share of those firings on
     each. Measured, not predicted: it says where the feature fires on text no stage learned
@@ -380,6 +382,11 @@ def examples(positions: np.ndarray, acts: np.ndarray, text: Text, n: int = N_EXA
     return out
 
 
+def _peak(acts: np.ndarray) -> float:
+    """The second strongest activation (the only one, for a feature that fired once)."""
+    return float(np.partition(acts, len(acts) - 2)[-2]) if len(acts) > 1 else float(acts[0])
+
+
 def _by_feature(firings: Firings, content_only: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     keep = content_only[firings.pos]
     feat, pos, act = firings.feature[keep], firings.pos[keep], firings.act[keep]
@@ -419,7 +426,7 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
         density = before.density if before.density is not None else len(p) / max(N, 1)
         row = done.get(i)
         if row is None:
-            strong = STRONG * float(a.max())
+            strong = STRONG * _peak(a)
             v = verdict(p[a >= strong], density, tr, vocab, a[a >= strong])
             hp, ha = (hpos[hb[i]:hb[i + 1]], hact[hb[i]:hb[i + 1]]) if i + 1 < len(hb) else (hpos[:0], hact[:0])
             held = hp[ha >= strong]  # its strong held-out firings
@@ -481,7 +488,7 @@ def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: fl
     writes = extra.get("writes")
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
-    name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"])
+    name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"], row.get("heldout_fires"))
     # A curated label says what the feature writes; "name" and "kind" keep where it fires, which
     # the fired panel shows for a writer that fires elsewhere (chat/ui/fired.py `panel_label`).
     extra |= {"name": name, "kind": kind, "reads": row["reads"],
