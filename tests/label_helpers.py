@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 # A WordNet in miniature, in the database's own format: sea creatures under animal, two
-# weekdays, a bridge, and an irregular plural.
+# weekdays, a bridge, an irregular plural, and a verb with a synonym.
 DATA_NOUN = """\
   1 This software and database is being provided to you, the LICENSEE, by Princeton University
 00000001 03 n 01 entity 0 000 | that which exists
@@ -44,6 +44,15 @@ dog n 1 1 @ 1 1 00000012
 sea_creature n 1 1 @ 1 0 00000004
 entity n 1 0 1 0 00000001
 """
+DATA_VERB = """\
+  1 license header
+00000201 31 v 02 expect 0 anticipate 0 000 | regard something as probable
+"""
+INDEX_VERB = """\
+  1 license header
+expect v 1 0 1 1 00000201
+anticipate v 1 0 1 1 00000201
+"""
 
 
 def write_wordnet(folder: Path) -> Path:
@@ -51,7 +60,9 @@ def write_wordnet(folder: Path) -> Path:
     (folder / "data.noun").write_text(DATA_NOUN)
     (folder / "index.noun").write_text(INDEX_NOUN)
     (folder / "noun.exc").write_text("geese goose\n")
-    for pos in ("verb", "adj", "adv"):
+    (folder / "data.verb").write_text(DATA_VERB)
+    (folder / "index.verb").write_text(INDEX_VERB)
+    for pos in ("adj", "adv"):
         (folder / f"data.{pos}").write_text("")
         (folder / f"index.{pos}").write_text("")
     return folder

@@ -78,6 +78,8 @@ def test_words_that_share_a_hypernym_are_named_by_it(lexicon):
 
 
 def test_a_hypernym_the_text_hardly_writes_gives_way_to_an_everyday_one(lexicon):
+    from features.pipeline.naming import MIN_PLURAL
+
     """Given how often the text writes each word, "sea creatures" (never written) gives way
     to "animals" where that covers more of the words, to the words themselves where it covers
     no more; a plural the text never writes stays singular."""
@@ -89,6 +91,11 @@ def test_a_hypernym_the_text_hardly_writes_gives_way_to_an_everyday_one(lexicon)
     assert name(reads("whale", "shark", "dolphin"), lexicon, written) == ("whale, shark and dolphin", K.CONCEPT)
     assert name(reads("Monday", "Friday"), lexicon, written) == ("weekday", K.CONCEPT)  # never "weekdays"
     assert name(reads("whale", "shark", "dolphin"), lexicon, lambda w: 10) == ("sea creatures", K.CONCEPT)
+    # rates, not counts: a plural written under MIN_PLURAL a million tokens ("childs") stays singular
+    rare_plural = lambda w: 10.0 if w == "weekday" else MIN_PLURAL / 2  # noqa: E731
+    assert name(reads("Monday", "Friday"), lexicon, rare_plural) == ("weekday", K.CONCEPT)
+    # a verb's name is never made plural, however often the text writes "expects"
+    assert name(reads("expect", "anticipate"), lexicon, lambda w: 10.0) == ("expect", K.CONCEPT)
 
 
 def test_one_word_and_its_forms_is_that_word(lexicon):

@@ -117,14 +117,16 @@ class Vocabulary:
             s[unit] = s.get(unit, 0) + 1
         return i
 
-    def writing_counts(self) -> Written:
-        """How often the text read so far writes each word, exactly so (any case)."""
+    def writing_counts(self, tokens: int) -> Written:
+        """How often the text read so far (`tokens` long) writes each word, exactly so (any
+        case), per million tokens."""
         counts: dict[str, int] = {}
         for forms in self.surfaces:
             for unit, n in forms.items():
                 key = unit.strip().lower()
                 counts[key] = counts.get(key, 0) + n
-        return lambda word: counts.get(word.lower(), 0)
+        scale = 1e6 / max(tokens, 1)
+        return lambda word: counts.get(word.lower(), 0) * scale
 
     def surface(self, i: int) -> str:
         s = self.surfaces[i]
@@ -406,9 +408,9 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
 
     vocab = Vocabulary(lexicon)
     tr = read_text(train, decode, vocab)
-    vocab.written = vocab.writing_counts()  # the training text's words only: names are chosen on it
-    ho = read_text(heldout, decode, vocab)
     N = int(tr.content.sum())
+    vocab.written = vocab.writing_counts(N)  # the training text's words only: names are chosen on it
+    ho = read_text(heldout, decode, vocab)
     bounds, pos, act = _by_feature(train, tr.content)
     hb, hpos, hact = _by_feature(heldout, ho.content)
     done: dict[int, dict] = {}

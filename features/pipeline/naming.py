@@ -6,9 +6,10 @@ Rules, in order (`name`):
 3. Words that share a WordNet hypernym or category -> that, plural where it counts things:
    whale, shark, dolphin -> "sea creatures"-like ("aquatic vertebrates"); Monday, Friday ->
    "weekdays"; cake, bread, soup -> "food and drink". Given how often the text writes each
-   word (`written`), a hypernym the text hardly uses ("tracheophytes" for coffee and peanuts)
-   gives way to a name that covers more of the words ("food and drink"), or else to rule 4;
-   a plural the text never writes ("clothings") stays singular.
+   word (`written`, per million tokens), a hypernym the text hardly uses ("tracheophytes" for
+   coffee and peanuts) gives way to a name that covers more of the words ("food and drink"),
+   or else to rule 4; a plural the text hardly writes ("clothings", "childs") stays singular,
+   and a verb's name is never made plural ("expects").
 4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
 Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
 they are most of what it reads, and are left out of names beside English words.
@@ -24,8 +25,12 @@ from features.lexicon import TOO_GENERAL, Lexicon
 
 MAX_CHARS = 40
 MIN_NOUN_DEPTH = 5  # hypernyms fewer steps below WordNet's root than this are too general to name
-MIN_WRITTEN = 5  # a hypernym's words written fewer times than this in the text are not everyday words
-Written = Callable[[str], int]  # how often the text writes a word exactly so (any case)
+# Rates, not counts, so that more text does not let rarer words through: at 5 writes in the 816k
+# tokens these were set on, twice the text made "atmospheric phenomenon", "medium of exchange"
+# and "childs" names.
+MIN_WRITTEN = 6.0  # per million tokens: a hypernym's words written less often are not everyday words
+MIN_PLURAL = 1.0  # per million tokens: a plural written less often stays singular
+Written = Callable[[str], float]  # how often the text writes a word exactly so (any case), per million tokens
 # WordNet categories named in plain words, where a group of reads shares nothing nearer.
 CATEGORY_NAMES = {
     "noun.animal": "animals", "noun.food": "food and drink", "noun.feeling": "feelings",
@@ -206,18 +211,18 @@ def _group(words: Sequence[Reading], lexicon: Lexicon, written: Written | None =
     s = int(value)
     word = (_everyday(lexicon.words(s), written) if written is not None else None) \
         or next((w for w in lexicon.words(s) if " " not in w), lexicon.words(s)[0])
-    if lexicon.lexname(s) in _MASS_LEXNAMES:
+    if lexicon.lexname(s) in _MASS_LEXNAMES or lexicon.lexname(s).startswith("verb."):
         return word
     noun, of, rest = word.partition(" of ")  # "day of the week" -> "days of the week"
     head, _, last = noun.rpartition(" ")  # "sea creature" -> "sea creatures"
-    if written is not None and not written(plural(last)):
+    if written is not None and written(plural(last)) < MIN_PLURAL:
         return word  # "clothing": the text never writes "clothings"
     return f"{head} {plural(last)}".strip() + (of + rest if of else "")
 
 
 def _everyday(words: Sequence[str], written: Written) -> str | None:
     """The first of a synset's words whose every part the text writes at least MIN_WRITTEN times
-    (in the singular or plural), one word before several; None if none is everyday."""
+    a million tokens (in the singular or plural), one word before several; None if none is everyday."""
     def common(w: str) -> bool:
         return all(written(p) + written(plural(p)) >= MIN_WRITTEN for p in w.replace("-", " ").split())
     ok = [w for w in words if common(w)]
