@@ -81,7 +81,9 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     return name, kind
 
 
-FORM_KINDS = frozenset({"punctuation", "space", DENSE, "contraction", "word piece", FUNCTION})
+# Where a token sits or how it is written, not what it says: hidden behind the panel's form toggle.
+FORM_KINDS = frozenset({"punctuation", "space", DENSE, "contraction", "word piece", FUNCTION, "sentence start",
+                        "capital"})
 DENSE_FRACTION = 0.2  # fires on more than this share of tokens: "almost every token" for a reader
 PUNCTUATION_NAMES = {
     ",": "commas", ".": "full stops", ":": "colons", ";": "semicolons", "?": "question marks",

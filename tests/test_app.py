@@ -8,6 +8,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+import torch
 
 from app_helpers import BRIDGE, DECEPTION, DOGS, always_firing, serve, tiny_catalog, tiny_engine
 from chat.errors import ModelLoadError
@@ -170,6 +171,16 @@ def test_respond_streams_the_steered_reply_and_compares(engine):
     assert unsteered == plain.text and steered.text != plain.text
     assert final[6].tokens == steered.tokens and set(final[4]) and "watched" in final[5].lower()
     assert outs[0][3].label == "Steered (add: +8 × #5 golden gate bridge)"
+    # the message it answers is read too; the panel shows it on request, the alert stays the reply's
+    said = engine.encode("Hello there")
+    assert final[6].message.tokens == said.tokens and torch.equal(final[6].message.acts.to_dense(), said.acts)
+    fired = FiredHandlers(EngineLoader.ready(engine))
+    on_reply, on_message = (fired.refresh(final[6], [DOGS], False, on) for on in (fd.ON_REPLY, fd.ON_MESSAGE))
+    assert on_reply[0] == final[4] and on_message[1] == on_reply[1]
+    assert on_message[0] and on_message[0] != on_reply[0]
+    assert on_message[0] == fd.bars(final[6].message, engine.catalog.label, [DOGS], catalog=engine.catalog)
+    where = fired.details(BRIDGE, final[6], fd.ON_MESSAGE)[3]
+    assert [t for t, _ in where] == said.tokens
 
 
 def test_stop_and_clear_end_a_running_reply(engine):
@@ -248,13 +259,13 @@ def test_rename_is_saved_and_found_later(tiny_lm):
     engine = tiny_engine(tiny_lm, key="tiny-rename-test")
     fired = FiredHandlers(EngineLoader.ready(engine))
     rows = [st.SteerRow(DOGS, "dogs")]
-    out = fired.rename(DOGS, "  loyal canine companions ", None, [DOGS], rows, 1.0)
+    out = fired.rename(DOGS, "  loyal canine companions ", None, [DOGS], False, fd.ON_REPLY, rows, 1.0)
     assert "loyal canine companions" in out[0] and out[3].choices == [("#9 loyal canine companions", DOGS)]
     assert out[4] == [st.SteerRow(DOGS, "loyal canine companions", 1.0)]
     assert engine.search("canine")[0].id == DOGS
     assert Catalog(64, key="tiny-rename-test").search("canine")[0].id == DOGS  # saved for later sessions
     with pytest.raises(gr.Error, match="empty"):
-        fired.rename(DOGS, " ", None, [], [])
+        fired.rename(DOGS, " ", None, [], False, fd.ON_REPLY, [])
 
 
 def test_feature_details(engine):

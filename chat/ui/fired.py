@@ -1,7 +1,9 @@
 """What fired on a reply, as values the fired-features panel shows.
 
 `LastReply` keeps a session's latest reply compactly (tokens and sparse activations, not the
-dense (T, d_sae) readout) so the panel can highlight any feature on it later.
+dense (T, d_sae) readout) so the panel can highlight any feature on it later; with it, the
+user's message read the same way, which the panel shows instead on request (a 270M model's
+reply is often beside the point: "I had a terrible fight with my brother." -> "I'm sorry").
 
 The bars rank features by how unusual their activation is for this reply (`unusual`): the
 peak as a fraction of the feature's usual max, discounted for features that fire on much of
@@ -38,14 +40,27 @@ class LastReply:
     tokens: list[str]
     acts: torch.Tensor  # (T, d_sae) sparse COO, float32
     hits: list[FeatureHit]
+    message: "LastReply | None" = None  # the user's message it answers (chat.engine.Engine.encode)
 
     @classmethod
-    def of(cls, reply: Reply) -> "LastReply":
-        return cls(list(reply.tokens), reply.readout.acts.to_sparse(), list(reply.top_features))
+    def of(cls, reply: Reply, message=None) -> "LastReply":
+        """`message`: the message's chat.engine.Encoded, or None."""
+        said = cls(list(message.tokens), message.acts.to_sparse(), []) if message is not None else None
+        return cls(list(reply.tokens), reply.readout.acts.to_sparse(), list(reply.top_features), said)
 
     def feature(self, i: int) -> list[float]:
-        """Per-token activations of feature i over the reply."""
+        """Per-token activations of feature i over the text."""
         return self.acts.select(1, i).to_dense().tolist()
+
+
+ON_REPLY, ON_MESSAGE = "the reply", "your message"
+
+
+def read_on(last: LastReply | None, on: str | None) -> LastReply | None:
+    """What the panel reads: the reply, or with `on` == ON_MESSAGE the message it answers."""
+    if last is not None and on == ON_MESSAGE and last.message is not None:
+        return last.message
+    return last
 
 
 def unusual(relative: float, density: float | None) -> float:
@@ -162,13 +177,14 @@ def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[
     """gr.Label value: the most unusual features of the reply (`ranked`), each bar its
     unusualness. `catalog` gives densities and kinds; by default the one `label` belongs to
     (callers pass `catalog.label`). Without one, the reply's own top features by peak ÷ max."""
-    if last is None or not last.hits:
+    if last is None:
         return None
     catalog = catalog if catalog is not None else getattr(label, "__self__", None)
-    if not isinstance(catalog, Catalog):
-        return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0) for h in last.hits}
+    if not isinstance(catalog, Catalog):  # a message read for the panel has no hits of its own: nothing
+        return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0)
+                for h in last.hits} or None
     return {choice_name(h, panel_label(catalog[h.id], label(h.id)), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)
-            for h in ranked(last, catalog, show_form)}
+            for h in ranked(last, catalog, show_form)} or None
 
 
 def highlight(last: LastReply, i: int) -> list[tuple[str, float | None]]:

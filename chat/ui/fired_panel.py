@@ -1,6 +1,7 @@
-"""The fired-features panel: the top features of the last reply as bars; clicking one shows where
-it fired, token by token, its neighbours and top example contexts, and offers to steer with it,
-watch it or rename it. The watch list flags watched features whenever they fire.
+"""The fired-features panel: the top features of the last reply (or of the message it answers)
+as bars; clicking one shows where it fired, token by token, its neighbours and top example
+contexts, and offers to steer with it, watch it or rename it. The watch list flags watched
+features whenever they fire in a reply.
 """
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ from chat.ui.loader import EngineLoader
 from chat.ui.steer_panel import SteerHandlers, SteerPanel, render
 
 NEIGHBOURS = 8
-BARS_HELP = ("peak = the feature's highest activation on this reply · bar = peak ÷ its usual max, less for "
+BARS_HELP = ("peak = the feature's highest activation on this text · bar = peak ÷ its usual max, less for "
              "features that fire on much of any text and for names that predict their firing poorly · "
              "click one for details")
-FORM_TOGGLE = "Show form features (punctuation, line breaks, fires on almost every token)"
+FORM_TOGGLE = "Show form features (punctuation, line breaks, start of a sentence, fires on almost every token)"
 
 
 @dataclass
@@ -28,6 +29,7 @@ class FiredPanel:
     alert: gr.Markdown
     bars: gr.Label
     show_form: gr.Checkbox
+    on: gr.Radio  # fd.ON_REPLY or fd.ON_MESSAGE: which text the bars read
     watch: gr.Dropdown
     details: gr.Column
     card: gr.Markdown
@@ -48,7 +50,8 @@ class FiredPanel:
 def build() -> FiredPanel:
     with gr.Row():
         with gr.Column(scale=2):
-            gr.Markdown("### Fired on this reply")
+            gr.Markdown("### What fired")
+            on = gr.Radio([fd.ON_REPLY, fd.ON_MESSAGE], value=fd.ON_REPLY, label="On", elem_id="fired-on")
             alert = gr.Markdown(elem_id="watch-alert")
             bars = gr.Label(label=BARS_HELP, show_heading=False, num_top_classes=fd.TOP_BARS, elem_id="fired")
             show_form = gr.Checkbox(label=FORM_TOGGLE, value=False, elem_id="show-form")
@@ -56,7 +59,7 @@ def build() -> FiredPanel:
                                 multiselect=True, elem_id="watch-list")
         with gr.Column(scale=3, visible=False, elem_id="feature-details") as details:
             card = gr.Markdown()
-            where = gr.HighlightedText(label="Where it fired in the reply", show_legend=False,
+            where = gr.HighlightedText(label="Where it fired", show_legend=False,
                                        elem_id="feature-highlight")
             with gr.Row():
                 steer = gr.Button("Steer with this", size="sm", variant="primary", elem_id="steer-with-this")
@@ -68,7 +71,7 @@ def build() -> FiredPanel:
                                   choices=[], elem_id="neighbours")
             gr.Markdown("Top example contexts")
             examples = gr.HTML(elem_id="examples")
-    return FiredPanel(gr.State(None), gr.State(None), alert, bars, show_form, watch, details, card, where, steer,
+    return FiredPanel(gr.State(None), gr.State(None), alert, bars, show_form, on, watch, details, card, where, steer,
                       watch_this, new_label, rename, neighbours, examples)
 
 
@@ -81,16 +84,17 @@ class FiredHandlers:
         return gr.Dropdown(choices=[(f"#{i} {label(i)}", i) for i in ids], value=list(ids), multiselect=True)
 
     @reported
-    def select(self, last, evt: gr.SelectData):
+    def select(self, last, on, evt: gr.SelectData):
         fid = fd.choice_id(str(evt.value))
         if fid is None:
             return [gr.skip()] * 7
-        return self.details(fid, last)
+        return self.details(fid, last, on)
 
     @reported
-    def details(self, fid, last):
+    def details(self, fid, last, on=fd.ON_REPLY):
         if fid is None:
             return [gr.skip()] * 7
+        last = fd.read_on(last, on)
         engine = self.loader.get()
         fid = engine.catalog.resolve(fid)
         feature, label = engine.catalog[fid], engine.catalog.label(fid)
@@ -110,39 +114,43 @@ class FiredHandlers:
         return self._watch_dropdown(ids)
 
     @reported
-    def refresh(self, last, watched, show_form=False):
-        """Bars and alert again, for a new reply, a changed watch list or toggle, a renamed feature."""
+    def refresh(self, last, watched, show_form=False, on=fd.ON_REPLY):
+        """Bars and alert again, for a new reply, a changed watch list or toggle, a renamed feature.
+        The alert is about the reply; the bars read what `on` says."""
         catalog = self.loader.get().catalog
         alert, _ = fd.watch_alert(last, watched or [], catalog.label)
-        return fd.bars(last, catalog.label, watched or [], show_form=bool(show_form), catalog=catalog), alert
+        shown = fd.read_on(last, on)
+        return fd.bars(shown, catalog.label, watched or [], show_form=bool(show_form), catalog=catalog), alert
 
     @reported
-    def rename(self, fid, new_label, last, watched, rows, *values):
+    def rename(self, fid, new_label, last, watched, show_form, on, rows, *values):
         if fid is None:
             raise gr.Error("Pick a feature first.")
         catalog = self.loader.get().catalog
         catalog.rename(fid, new_label or "")
         label = catalog.label(fid)
         gr.Info(f"Feature #{fid} is now “{label}”.")
-        bars, alert = self.refresh(last, watched)
+        bars, alert = self.refresh(last, watched, show_form, on)
         return [fd.feature_card(catalog[fid], label), bars, alert, self._watch_dropdown(watched or []),
                 *render(st.relabel(st.with_values(rows, values), fid, label))]
 
 
 def wire(panel: FiredPanel, handlers: FiredHandlers, steer: SteerPanel, steer_handlers: SteerHandlers) -> None:
     private = {"api_visibility": "undocumented"}
-    panel.bars.select(handlers.select, panel.last, panel.view, **private)
-    panel.neighbours.input(handlers.details, [panel.neighbours, panel.last], panel.view, **private)
+    panel.bars.select(handlers.select, [panel.last, panel.on], panel.view, **private)
+    panel.neighbours.input(handlers.details, [panel.neighbours, panel.last, panel.on], panel.view, **private)
     panel.steer.click(steer_handlers.add, [panel.selected, steer.rows, steer.mode, *steer.sliders], steer.view,
                       **private)
     panel.watch_this.click(handlers.watch_add, [panel.selected, panel.watch], panel.watch, **private)
     steer.watch.click(handlers.watch_add, [steer.matches, panel.watch], panel.watch, **private)
-    refresh_inputs = [panel.last, panel.watch, panel.show_form]
+    refresh_inputs = [panel.last, panel.watch, panel.show_form, panel.on]
     panel.watch.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
     panel.show_form.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
+    panel.on.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
     # A new reply's bars come from the chat panel without the toggle; this applies it.
     panel.last.change(handlers.refresh, refresh_inputs, [panel.bars, panel.alert], **private)
-    rename_inputs = [panel.selected, panel.new_label, panel.last, panel.watch, steer.rows, *steer.sliders]
+    rename_inputs = [panel.selected, panel.new_label, panel.last, panel.watch, panel.show_form, panel.on, steer.rows,
+                     *steer.sliders]
     rename_outputs = [panel.card, panel.bars, panel.alert, panel.watch, *steer.view]
     panel.rename.click(handlers.rename, rename_inputs, rename_outputs, concurrency_id="catalog", **private)
     panel.new_label.submit(handlers.rename, rename_inputs, rename_outputs, concurrency_id="catalog", **private)
