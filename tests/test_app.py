@@ -173,12 +173,14 @@ def test_respond_streams_the_steered_reply_and_compares(engine):
     assert outs[0][3].label == "Steered (add: +8 × #5 golden gate bridge)"
     # the message it answers is read too; the panel shows it on request, the alert stays the reply's
     said = engine.encode("Hello there")
-    assert final[6].message.tokens == said.tokens and torch.equal(final[6].message.acts.to_dense(), said.acts)
+    shown = fd.read_on(final[6], fd.ON_MESSAGE, engine.encode)
+    assert final[6].message == "Hello there" and fd.read_on(final[6], fd.ON_REPLY, engine.encode) is final[6]
+    assert shown.tokens == said.tokens and torch.equal(shown.acts.to_dense(), said.acts)
     fired = FiredHandlers(EngineLoader.ready(engine))
     on_reply, on_message = (fired.refresh(final[6], [DOGS], False, on) for on in (fd.ON_REPLY, fd.ON_MESSAGE))
     assert on_reply[0] == final[4] and on_message[1] == on_reply[1]
     assert on_message[0] and on_message[0] != on_reply[0]
-    assert on_message[0] == fd.bars(final[6].message, engine.catalog.label, [DOGS], catalog=engine.catalog)
+    assert on_message[0] == fd.bars(shown, engine.catalog.label, [DOGS], catalog=engine.catalog)
     where = fired.details(BRIDGE, final[6], fd.ON_MESSAGE)[3]
     assert [t for t, _ in where] == said.tokens
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from chat.steer.settings import MAX_NEW_TOKENS, GenerationSettings
-from chat.steer.prompt import PromptError, message_text
+from chat.steer.prompt import message_text
 from chat.ui import fired as fd
 from chat.ui import steer_state as st
 from chat.ui.errors import reported, whole
@@ -98,18 +98,6 @@ def plain(history) -> list[dict]:
     return [{"role": m["role"], "content": message_text(m.get("content", ""))} for m in history or []]
 
 
-MESSAGE_CHARS = 4000  # the panel reads the message's last this many characters
-
-
-def _read(engine, text: str):
-    """The message's dictionary activations for the panel (one forward pass to the dictionary's
-    layer), or None where it cannot be read: the reply stands without it."""
-    try:
-        return engine.encode(text[-MESSAGE_CHARS:])
-    except PromptError:
-        return None
-
-
 class ChatHandlers:
     def __init__(self, loader: EngineLoader):
         self.loader = loader
@@ -145,7 +133,7 @@ class ChatHandlers:
         if run.discarded:
             return
         reply = stream.reply
-        last = fd.LastReply.of(reply, message=_read(engine, text))
+        last = fd.LastReply.of(reply, message=text)
         alert, fired = fd.watch_alert(last, watched or [], engine.catalog.label)
         for warning in reply.warnings:
             gr.Warning(warning)

@@ -2,8 +2,8 @@
 
 `LastReply` keeps a session's latest reply compactly (tokens and sparse activations, not the
 dense (T, d_sae) readout) so the panel can highlight any feature on it later; with it, the
-user's message read the same way, which the panel shows instead on request (a 270M model's
-reply is often beside the point: "I had a terrible fight with my brother." -> "I'm sorry").
+user's message, which the panel reads instead on request (`read_on`; a 270M model's reply is
+often beside the point: "I had a terrible fight with my brother." -> "I'm sorry").
 
 The bars rank features by how unusual their activation is for this reply (`unusual`): the
 peak as a fraction of the feature's usual max, discounted for features that fire on much of
@@ -40,13 +40,11 @@ class LastReply:
     tokens: list[str]
     acts: torch.Tensor  # (T, d_sae) sparse COO, float32
     hits: list[FeatureHit]
-    message: "LastReply | None" = None  # the user's message it answers (chat.engine.Engine.encode)
+    message: str | None = None  # the user's message it answers
 
     @classmethod
-    def of(cls, reply: Reply, message=None) -> "LastReply":
-        """`message`: the message's chat.engine.Encoded, or None."""
-        said = cls(list(message.tokens), message.acts.to_sparse(), []) if message is not None else None
-        return cls(list(reply.tokens), reply.readout.acts.to_sparse(), list(reply.top_features), said)
+    def of(cls, reply: Reply, message: str | None = None) -> "LastReply":
+        return cls(list(reply.tokens), reply.readout.acts.to_sparse(), list(reply.top_features), message)
 
     def feature(self, i: int) -> list[float]:
         """Per-token activations of feature i over the text."""
@@ -54,13 +52,17 @@ class LastReply:
 
 
 ON_REPLY, ON_MESSAGE = "the reply", "your message"
+MESSAGE_CHARS = 4000  # the panel reads a message's last this many characters
 
 
-def read_on(last: LastReply | None, on: str | None) -> LastReply | None:
-    """What the panel reads: the reply, or with `on` == ON_MESSAGE the message it answers."""
-    if last is not None and on == ON_MESSAGE and last.message is not None:
-        return last.message
-    return last
+def read_on(last: LastReply | None, on: str | None, encode: Callable) -> LastReply | None:
+    """What the panel reads: the reply, or with `on` == ON_MESSAGE the message it answers, read
+    when asked for by `encode` (chat.engine.Engine.encode: one forward pass to the dictionary's
+    layer, ~30 ms for a sentence here, ~1 s for MESSAGE_CHARS), so replies never wait for it."""
+    if last is None or on != ON_MESSAGE or not last.message:
+        return last
+    said = encode(last.message[-MESSAGE_CHARS:])
+    return LastReply(list(said.tokens), said.acts.to_sparse(), [])
 
 
 def unusual(relative: float, density: float | None) -> float:
@@ -180,7 +182,7 @@ def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[
     if last is None:
         return None
     catalog = catalog if catalog is not None else getattr(label, "__self__", None)
-    if not isinstance(catalog, Catalog):  # a message read for the panel has no hits of its own: nothing
+    if not isinstance(catalog, Catalog):  # a message read for the panel has no hits of its own
         return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0)
                 for h in last.hits} or None
     return {choice_name(h, panel_label(catalog[h.id], label(h.id)), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)

@@ -94,8 +94,8 @@ class FiredHandlers:
     def details(self, fid, last, on=fd.ON_REPLY):
         if fid is None:
             return [gr.skip()] * 7
-        last = fd.read_on(last, on)
         engine = self.loader.get()
+        last = fd.read_on(last, on, engine.encode)
         fid = engine.catalog.resolve(fid)
         feature, label = engine.catalog[fid], engine.catalog.label(fid)
         near = fd.neighbour_choices(engine.neighbours(fid, k=NEIGHBOURS), engine.catalog.label)
@@ -117,9 +117,10 @@ class FiredHandlers:
     def refresh(self, last, watched, show_form=False, on=fd.ON_REPLY):
         """Bars and alert again, for a new reply, a changed watch list or toggle, a renamed feature.
         The alert is about the reply; the bars read what `on` says."""
-        catalog = self.loader.get().catalog
+        engine = self.loader.get()
+        catalog = engine.catalog
         alert, _ = fd.watch_alert(last, watched or [], catalog.label)
-        shown = fd.read_on(last, on)
+        shown = fd.read_on(last, on, engine.encode)
         return fd.bars(shown, catalog.label, watched or [], show_form=bool(show_form), catalog=catalog), alert
 
     @reported
