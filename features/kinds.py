@@ -27,6 +27,11 @@ CONCEPT_MIN_SCORE = 0.75  # a concept name must predict the feature's held-out f
 # sample, and the rare features it let through were named by unrelated words ("bride,
 # orchestra and poor" on 10 firings of mines, brides and public schools).
 CONCEPT_MIN_FIRES = 20
+# ... and must cover this share of where it fires most on held-out text (the content words of
+# its `heldout_words`; features/pipeline/naming.py `agreement`). The score tests a predictor of
+# up to 200 words; the name shows the top few, which for a broad feature can be words it hardly
+# fires on: "administrative districts" on 2, people, movie, will (0 of its top 8).
+CONCEPT_MIN_AGREEMENT = 0.2
 # kind -> its plain name. Punctuation and white space get finer names from PUNCTUATION_NAMES.
 NAMES = {
     "punctuation": "punctuation",
@@ -58,11 +63,12 @@ anyone everyone somebody anybody nobody""".split())
 
 
 def honest(name: str, kind: str, reads: list[str], score: float | None,
-           fires: int | None = None) -> tuple[str, str]:
+           fires: int | None = None, agreement: float | None = None) -> tuple[str, str]:
     """(name, kind) that says where a feature fires: a concept name only where it predicts the
-    firings on held-out text (score >= CONCEPT_MIN_SCORE on `fires` >= CONCEPT_MIN_FIRES of them;
-    None: not counted); otherwise the words it reads, said as such ("mixed: color, give,
-    Changes"). A one-word feature says it is a word ("word: coffee").
+    firings on held-out text (score >= CONCEPT_MIN_SCORE on `fires` >= CONCEPT_MIN_FIRES of them)
+    and covers the words it fires on most there (`agreement` >= CONCEPT_MIN_AGREEMENT; None: not
+    counted); otherwise the words it reads, said as such ("mixed: color, give, Changes"). A
+    one-word feature says it is a word ("word: coffee").
 
     >>> honest("sea, self and match", CONCEPT, ["sea", "self", "match"], 0.55)
     ('mixed: sea, self, match', 'mixed')
@@ -70,12 +76,17 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     (('weather', 'concept'), ('word: coffee', 'word'))
     >>> honest("bride, orchestra and poor", CONCEPT, ["bride", "orchestra", "poor"], 0.81, fires=10)
     ('mixed: bride, orchestra, poor', 'mixed')
+    >>> honest("administrative districts", CONCEPT, ["city", "Chicago", "of"], 0.77, 135, agreement=0.0)
+    ('mixed: city, Chicago, of', 'mixed')
+    >>> honest("so and to", CONCEPT, [".", "so", ",", "2"], 0.6)  # punctuation and digits said in words
+    ('mixed: full stops, so, commas', 'mixed')
 
     Function words too: a feature whose grammar words do not predict it fires elsewhere.
     """
-    unproven = score is None or score < CONCEPT_MIN_SCORE or fires is not None and fires < CONCEPT_MIN_FIRES
+    unproven = score is None or score < CONCEPT_MIN_SCORE or fires is not None and fires < CONCEPT_MIN_FIRES \
+        or kind == CONCEPT and agreement is not None and agreement < CONCEPT_MIN_AGREEMENT
     if kind in (CONCEPT, FUNCTION) and unproven and reads:
-        return "mixed: " + ", ".join(reads[:3]), MIXED
+        return "mixed: " + ", ".join(list(dict.fromkeys(spoken(r) for r in reads))[:3]), MIXED
     if kind == WORD and not name.startswith("word: "):
         return f"word: {name}", WORD
     return name, kind
@@ -96,10 +107,22 @@ PUNCTUATION_NAMES = {
     "@": "at signs", "|": "vertical bars", "+": "plus signs", "\\": "backward slashes", "~": "tildes",
     "...": "ellipses", "…": "ellipses", "\n": "line breaks", "\n\n": "paragraph breaks",
 }
+# What `spoken` calls form in a "mixed: …" name: the panel counts a name of only these and
+# function words as grammar (chat/ui/fired.py `kind_of`).
+SPOKEN_FORMS = frozenset(PUNCTUATION_NAMES.values()) | {"digits", "indentation", "punctuation"}
 FLAG_KINDS = ("punctuation", "space", "digits", "contraction", "code", "keyword", "sentence start",
               "word piece", "capital")
 _PY_KEYWORDS = frozenset(keyword.kwlist) | {"self", "def", "print", "len", "str", "int", "dict", "list"}
 _CAMEL = re.compile(r"[a-z][A-Z]|[A-Z]{2,}[a-z]|_")
+
+
+def spoken(read: str) -> str:
+    """A read as a "mixed: …" name lists it: punctuation and white space by name ("full stops",
+    "line breaks"), a number as "digits", a word as it is."""
+    s = read.strip()
+    if not any(ch.isalnum() for ch in s):
+        return punctuation_name([read])
+    return "digits" if s.isdigit() else s
 
 
 def punctuation_name(units: list[str]) -> str:

@@ -10,7 +10,7 @@ from features import kinds as K
 from features.catalog import Catalog, Feature
 from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.pipeline.naming import Reading, name
+from features.pipeline.naming import Reading, agreement, covers, name
 from features.pipeline.wordnet import WordNet, compact
 from features.words import join
 from label_helpers import write_wordnet
@@ -91,6 +91,9 @@ def test_a_hypernym_the_text_hardly_writes_gives_way_to_an_everyday_one(lexicon)
     assert name(reads("whale", "shark", "dolphin"), lexicon, written) == ("whale, shark and dolphin", K.CONCEPT)
     assert name(reads("Monday", "Friday"), lexicon, written) == ("weekday", K.CONCEPT)  # never "weekdays"
     assert name(reads("whale", "shark", "dolphin"), lexicon, lambda w: 10) == ("sea creatures", K.CONCEPT)
+    # a phrase must be written as a whole: "sea" and "creature" are common, "sea creature" is not
+    words_only = lambda w: 0 if " " in w else 10  # noqa: E731
+    assert name(reads("whale", "shark", "dolphin"), lexicon, words_only) == ("whale, shark and dolphin", K.CONCEPT)
     # rates, not counts: a plural written under MIN_PLURAL a million tokens ("childs") stays singular
     rare_plural = lambda w: 10.0 if w == "weekday" else MIN_PLURAL / 2  # noqa: E731
     assert name(reads("Monday", "Friday"), lexicon, rare_plural) == ("weekday", K.CONCEPT)
@@ -129,6 +132,26 @@ def test_kinds_get_plain_names_never_fragments(lexicon):
     assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES - 1)[1] == K.MIXED
     assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES)[1] == K.CONCEPT
     assert K.honest("word: out", K.WORD, ["out"], 0.9, fires=3) == ("word: out", K.WORD)  # a word is a word
+    # a mixed name says punctuation and digits in words, each once
+    assert K.honest("x", K.CONCEPT, [",", " ,", "2", "rain"], 0.6) == ("mixed: commas, digits, rain", K.MIXED)
+    assert K.honest("x", K.CONCEPT, ["\n", "....", "rain"], 0.6) == ("mixed: line breaks, ellipses, rain", K.MIXED)
+
+
+def test_a_concept_name_must_cover_where_it_fires_on_held_out_text(lexicon):
+    assert covers("sea creatures", "whales", lexicon) and covers("animals", "Dog", lexicon)  # members of its class
+    assert covers("bridge and dog", "bridges", lexicon) and not covers("sea creatures", "dog", lexicon)
+    assert covers("weekdays", "Friday", lexicon) and not covers("weekdays", "bridge", lexicon)
+    held = [["whale", 0.3], ["the", 0.3], ["dog", 0.1], [",", 0.2], ["shark", 0.1]]  # punctuation is not counted
+    assert agreement("sea creatures", held, lexicon) == pytest.approx(0.4 / 0.8)
+    assert agreement("weekdays", [["of", 0.5], [".", 0.5]], lexicon) == 0.0  # it fires on grammar only
+    assert agreement("weekdays", [[",", 0.5], [".", 0.5]], lexicon) == 0.0
+    assert agreement("weekdays", [], lexicon) is None  # it did not fire there: not counted
+    # A name from a predictor's top words that the feature hardly fires on says mixed, not the class.
+    reads = ["city", "Chicago", "of"]
+    assert K.honest("administrative districts", K.CONCEPT, reads, 0.77, 135, agreement=0.0) == \
+        ("mixed: city, Chicago, of", K.MIXED)
+    assert K.honest("sea creatures", K.CONCEPT, ["whale"], 0.9, 40, agreement=K.CONCEPT_MIN_AGREEMENT)[1] == K.CONCEPT
+    assert K.honest("word: out", K.WORD, ["out"], 0.9, 40, agreement=0.0)[1] == K.WORD  # for concept names only
 
 
 # --- detection -----------------------------------------------------------------------------
@@ -184,11 +207,41 @@ def test_names_come_from_the_strong_firings(lexicon, monkeypatch):
     # where its strong held-out firings land, measured and written as in the text: one each
     assert sorted(w for w, _ in f.extra["heldout_words"]) == ["dolphin", "sharks", "whales"]
     assert [s for _, s in f.extra["heldout_words"]] == [0.333] * 3
+    assert f.extra["agreement"] == 1.0  # the name lists every word it fires on
+    from features.pipeline.label import Vocabulary
+    vocab = Vocabulary(lexicon)
+    for t in tokens:
+        vocab.id(t, True)
+    written = vocab.writing_counts(len(tokens), "".join(tokens))  # per million tokens, phrases too
+    assert written("whales") == pytest.approx(1e6 / len(tokens))
+    assert written("the whales and") == pytest.approx(1e6 / len(tokens)) and written("whales saw") == 0
     # a curated feature keeps its label (what it writes) and gets the name of where it fires
     writer = {0: Feature(0, "the sea", 1.0, 0.01, curated=True, extra={"name": "the sea", "kind": "curated"})}
     f = relabel(firings, firings, lambda t: tokens[t], lexicon, writer, 1, progress=False)[0]
     assert f.label == "the sea" and f.curated
     assert f.extra["name"] == "whales, sharks and dolphin" and f.extra["kind"] == "concept"
+
+
+def test_a_resumed_relabel_measures_where_features_fire_afresh(lexicon, tmp_path):
+    """Names are cached in the work folder (the costly part); where a feature fires on held-out
+    text is measured on every run, so a cache from a run that kept fewer words serves too."""
+    import json
+
+    from features.pipeline.label import relabel
+
+    tokens = [" whales", " and", " sharks", " and", " dolphin"]
+    ids = np.arange(len(tokens), dtype=np.int32)[None]
+    firings = Firings(ids, np.asarray([0, 2, 4], np.int64), np.zeros(3, np.int32), np.ones(3, np.float32),
+                      np.ones_like(ids, dtype=bool))
+    old = {0: Feature(0, "", 1.0, 0.01)}
+    first = relabel(firings, firings, lambda t: tokens[t], lexicon, old, 1, work=tmp_path, progress=False)[0]
+    cache = tmp_path / "verdicts.jsonl"
+    rows = [json.loads(line) for line in cache.read_text().splitlines()]
+    assert rows and all("heldout_words" not in r for r in rows)
+    cache.write_text("".join(json.dumps({**r, "name": "cached", "kind": K.WORD}) + "\n" for r in rows))
+    again = relabel(firings, firings, lambda t: tokens[t], lexicon, old, 1, work=tmp_path, progress=False)[0]
+    assert again.extra["name"] == "word: cached"  # the verdict came from the cache
+    assert again.extra["heldout_words"] == first.extra["heldout_words"] != []
 
 
 def test_one_outlier_firing_does_not_make_the_rest_weak(lexicon):
@@ -291,6 +344,8 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     assert fd.kind_of(Feature(9, "word: don't", extra={"kind": K.WORD})) == K.FUNCTION
     assert fd.kind_of(Feature(9, "word: coffee", extra={"kind": K.WORD})) == K.WORD
     assert fd.kind_of(Feature(9, "mixed: the, on, -", extra={"kind": K.MIXED})) == K.FUNCTION
+    assert fd.kind_of(Feature(9, "mixed: commas, of, hyphens and dashes", extra={"kind": K.MIXED})) == K.FUNCTION
+    assert fd.kind_of(Feature(9, "mixed: commas, coffee", extra={"kind": K.MIXED})) == K.MIXED
     assert fd.kind_of(Feature(9, "mixed: the, sea, on", extra={"kind": K.MIXED})) == K.MIXED
     assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
     assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
@@ -407,5 +462,7 @@ def test_details_card_shows_name_kind_reads_writes_and_score():
     assert "its strong firings land on: `,` 60%, `and` 25%" in fd.feature_card(f, "my commas")
     f.extra["heldout_words"] = [["\n", 0.5], [" ", 0.2], ["\x07", 0.1]]  # named, not empty chips
     assert "land on: `line break` 50%, `space` 20%, `U+0007` 10%" in fd.feature_card(f, "my commas")
+    f.extra["agreement"] = 0.7  # a concept name: how much of where it fires it covers
+    assert "10% (its automatic name covers 70% of its eight commonest words there)" in fd.feature_card(f, "my commas")
     f.extra["reads"] = ["\x02", ","]  # reads and promoted tokens follow the same rule
     assert "Reads: `U+0002`, `,`" in fd.feature_card(f, "my commas")

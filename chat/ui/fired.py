@@ -24,7 +24,7 @@ import torch
 from chat.steer.generate import Reply
 from chat.steer.readout import FeatureHit
 from features.catalog import Catalog, Feature
-from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, MIXED, NAMES, WORD
+from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, MIXED, NAMES, SPOKEN_FORMS, WORD
 
 MAX_EXAMPLES = 5
 TOP_BARS = 10
@@ -125,7 +125,7 @@ def kind_of(f: Feature) -> str:
         return FUNCTION
     if kind == MIXED and not trusted:  # "mixed: the, on, it": grammar that fires elsewhere too
         words = [w.strip().lower() for w in label.removeprefix("mixed: ").split(" → ")[0].split(",")]
-        if all(w in FUNCTION_WORDS or not w.isalpha() for w in words):
+        if all(w in FUNCTION_WORDS or w in SPOKEN_FORMS or not w.isalpha() for w in words):
             return FUNCTION
     return kind if isinstance(kind, str) and kind else CONCEPT
 
@@ -247,8 +247,11 @@ def feature_card(f: Feature, label: str, steered: float | None = None) -> str:
         lines.append("Reads: " + ", ".join(f"`{_visible(w)}`" for w in reads[:8] if isinstance(w, str)))
     held = f.heldout_words()
     if held:  # features/pipeline/label.py: measured where it fires, not predicted
+        covered = f.extra.get("agreement")  # features/pipeline/naming.py `agreement`
         lines.append("On held-out text, its strong firings land on: "
-                     + ", ".join(f"`{_visible(w)}` {share:.0%}" for w, share in held[:3]))
+                     + ", ".join(f"`{_visible(w)}` {share:.0%}" for w, share in held[:3])
+                     + (f" (its automatic name covers {covered:.0%} of its eight commonest words there)"
+                        if isinstance(covered, (int, float)) else ""))
     writes = f.extra.get("writes")
     if isinstance(writes, list) and writes:  # features/pipeline/discover.py: what steering with it made the model say
         lines.append("Amplified, replies say: " + ", ".join(f"`{w}`" for w in writes[:8] if isinstance(w, str)))

@@ -26,6 +26,7 @@ are measured in multiples of them. Curated labels are never replaced.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, NamedTuple
@@ -40,7 +41,7 @@ from features.catalog import Feature
 from features.dictionary import Dictionary
 from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.pipeline.naming import Reading, Written, display, is_english, name as name_of
+from features.pipeline.naming import Reading, Written, agreement, display, is_english, name as name_of
 from features.words import base_word, join
 
 MAX_READS = 8  # words shown and named from
@@ -55,6 +56,9 @@ KIND_MARGIN = 0.02  # a kind must beat the words by this much to name a feature:
 # such as "another, second and real" -> "other", "what, that, which" -> "what".
 STRONG = 0.35
 CHECKPOINT_EVERY = 1000
+# Words kept of where a feature fires on held-out text (readers are counted from them; 16
+# found no reader that 8 missed).
+HELDOUT_WORDS = 8
 
 
 def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int = 256,
@@ -117,16 +121,24 @@ class Vocabulary:
             s[unit] = s.get(unit, 0) + 1
         return i
 
-    def writing_counts(self, tokens: int) -> Written:
+    def writing_counts(self, tokens: int, text: str = "") -> Written:
         """How often the text read so far (`tokens` long) writes each word, exactly so (any
-        case), per million tokens."""
+        case), per million tokens; a phrase ("days of the week"), how often `text` (that text,
+        joined) holds it as whole words."""
         counts: dict[str, int] = {}
         for forms in self.surfaces:
             for unit, n in forms.items():
                 key = unit.strip().lower()
                 counts[key] = counts.get(key, 0) + n
+        lowered = text.lower()
         scale = 1e6 / max(tokens, 1)
-        return lambda word: counts.get(word.lower(), 0) * scale
+
+        def written(word: str) -> float:
+            key = word.lower()
+            if " " in key and key not in counts:
+                counts[key] = len(re.findall(rf"\b{re.escape(key)}\b", lowered))
+            return counts.get(key, 0) * scale
+        return written
 
     def surface(self, i: int) -> str:
         s = self.surfaces[i]
@@ -342,7 +354,7 @@ def _predict(o: Option, positions: np.ndarray, text: Text) -> float | None:
     return 0.5 * (tp / P + 1 - fp / (N - P))
 
 
-def heldout_words(positions: np.ndarray, text: Text, vocab: Vocabulary, n: int = 8) -> list[list]:
+def heldout_words(positions: np.ndarray, text: Text, vocab: Vocabulary, n: int = HELDOUT_WORDS) -> list[list]:
     """[[word, share], ...]: the words its strong held-out firings land on most (as most often
     written, like names: "does", not the lemma "doe"), with the share of those firings on
     each. Measured, not predicted: it says where the feature fires on text no stage learned
@@ -409,7 +421,7 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
     vocab = Vocabulary(lexicon)
     tr = read_text(train, decode, vocab)
     N = int(tr.content.sum())
-    vocab.written = vocab.writing_counts(N)  # the training text's words only: names are chosen on it
+    vocab.written = vocab.writing_counts(N, "".join(tr.pieces))  # the training text only: names are chosen on it
     ho = read_text(heldout, decode, vocab)
     bounds, pos, act = _by_feature(train, tr.content)
     hb, hpos, hact = _by_feature(heldout, ho.content)
@@ -426,21 +438,21 @@ def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexi
         p, a = pos[bounds[i]:bounds[i + 1]], act[bounds[i]:bounds[i + 1]]
         before = old.get(i) or Feature(i)
         density = before.density if before.density is not None else len(p) / max(N, 1)
+        strong = STRONG * _peak(a)
+        hp, ha = (hpos[hb[i]:hb[i + 1]], hact[hb[i]:hb[i + 1]]) if i + 1 < len(hb) else (hpos[:0], hact[:0])
+        held = hp[ha >= strong]  # its strong held-out firings
         row = done.get(i)
         if row is None:
-            strong = STRONG * _peak(a)
             v = verdict(p[a >= strong], density, tr, vocab, a[a >= strong])
-            hp, ha = (hpos[hb[i]:hb[i + 1]], hact[hb[i]:hb[i + 1]]) if i + 1 < len(hb) else (hpos[:0], hact[:0])
-            held = hp[ha >= strong]  # its strong held-out firings
             score, fires = detection(v, held, ho)
             row = {"id": i, "name": v.name, "kind": v.kind, "reads": v.reads, "mode": v.mode,
                    "score": None if score is None else round(score, 3), "heldout_fires": fires,
-                   "heldout_words": heldout_words(held, ho, vocab),
                    "train_score": round(v.train_score, 3), "examples": examples(p, a, tr)}
             pending.append(row)
             if checkpoint is not None and len(pending) >= CHECKPOINT_EVERY:
                 _append(checkpoint, pending)
                 pending = []
+        row = {**row, "heldout_words": heldout_words(held, ho, vocab)}  # cheap: measured afresh, never cached
         out[i] = _feature(before, row, lexicon, max_activation=float(a.max()), density=density,
                           top_tokens=top_tokens[i] if top_tokens else None)
     if checkpoint is not None and pending:
@@ -486,17 +498,20 @@ def _append(path: Path, rows: list[dict]) -> None:
 def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: float, density: float,
              top_tokens: list[str] | None) -> Feature:
     extra = {k: v for k, v in before.extra.items()
-             if k not in ("name", "kind", "reads", "score", "heldout_fires", "heldout_words")}
+             if k not in ("name", "kind", "reads", "score", "heldout_fires", "heldout_words", "agreement")}
     writes = extra.get("writes")
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
-    name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"], row.get("heldout_fires"))
+    fit = agreement(row["name"], row.get("heldout_words") or [], lexicon) if row["kind"] == K.CONCEPT else None
+    name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"], row.get("heldout_fires"), fit)
     # A curated label says what the feature writes; "name" and "kind" keep where it fires, which
     # the fired panel shows for a writer that fires elsewhere (chat/ui/fired.py `panel_label`).
     extra |= {"name": name, "kind": kind, "reads": row["reads"],
               "score": row["score"], "heldout_fires": row["heldout_fires"]}
     if row.get("heldout_words"):
         extra["heldout_words"] = row["heldout_words"]
+    if fit is not None:
+        extra["agreement"] = round(fit, 3)
     return replace(before, label=before.label if before.curated else name,
                    max_activation=before.max_activation if before.max_activation is not None else max_activation,
                    density=before.density if before.density is not None else density,

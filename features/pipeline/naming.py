@@ -6,8 +6,9 @@ Rules, in order (`name`):
 3. Words that share a WordNet hypernym or category -> that, plural where it counts things:
    whale, shark, dolphin -> "sea creatures"-like ("aquatic vertebrates"); Monday, Friday ->
    "weekdays"; cake, bread, soup -> "food and drink". Given how often the text writes each
-   word (`written`, per million tokens), a hypernym the text hardly uses ("tracheophytes" for
-   coffee and peanuts) gives way to a name that covers more of the words ("food and drink"),
+   word or phrase (`written`, per million tokens), a hypernym the text hardly uses
+   ("tracheophytes" for coffee and peanuts, "medium of exchange" for money and price) gives way
+   to a name that covers more of the words ("food and drink"),
    or else to rule 4; a plural the text hardly writes ("clothings", "childs") stays singular,
    and a verb's name is never made plural ("expects").
 4. Otherwise the two or three strongest words, joined: "Egypt and Pharaoh".
@@ -18,6 +19,7 @@ A lone letter that is most of what it reads names it ("B"): chat logs mark their
 """
 from __future__ import annotations
 
+import re
 from typing import Callable, NamedTuple, Sequence
 
 from features.kinds import CONCEPT, FUNCTION, FUNCTION_WORDS, NAMES, PROPER, WORD, punctuation_name
@@ -48,6 +50,9 @@ CATEGORY_NAMES = {
     "verb.social": "social life", "verb.competition": "fighting and competing", "verb.weather": "weather",
     "verb.change": "change", "verb.contact": "touching and handling", "verb.stative": "being and seeming",
 }
+_CATEGORY_OF: dict[str, set[str]] = {}  # "the body" -> {"noun.body", "verb.body"}
+for _lex, _name in CATEGORY_NAMES.items():
+    _CATEGORY_OF.setdefault(_name, set()).add(_lex)
 # Mass nouns read badly in the plural ("weathers"); their categories stay singular.
 _MASS_LEXNAMES = {"noun.substance", "noun.phenomenon", "noun.food", "noun.feeling", "noun.state",
                   "noun.attribute", "noun.cognition", "noun.act", "noun.communication", "noun.possession"}
@@ -139,6 +144,43 @@ def name(reads: Sequence[Reading], lexicon: Lexicon, written: Written | None = N
     return Name(_fit(text), CONCEPT)
 
 
+def covers(name: str, word: str, lexicon: Lexicon) -> bool:
+    """Whether a concept name covers `word`: one of the words it lists, in any form ("seas" for
+    "sea, self and match"), or a member of the class it names ("dog" for "animals": the name's
+    synset within six steps above the word's two commonest senses, as `_group` looks, or the
+    WordNet category it names, of its commonest sense)."""
+    lemma = lexicon.lemma(word.lower())
+    senses = lexicon.senses(lemma, "n")[:2] or lexicon.senses(lemma, "v")[:1]
+    if _CATEGORY_OF.get(name, set()) & {lexicon.lexname(s) for s in senses[:1]}:  # "world" is not a group
+        return True
+    above = {w.lower() for s in senses for h, _ in ((s, 0), *lexicon.ancestors(s, 6)) for w in lexicon.words(h)}
+    above |= {_plural_name(w) for w in above}  # as `_group` writes them: "sea creatures", "days of the week"
+    reading = Reading(word, lemma, 1.0)
+    for part in [name] if name in _CATEGORY_OF else re.split(r", | and ", name):
+        if part.lower() in above or _same_word(reading, Reading(part, lexicon.lemma(part.lower()), 1.0), lexicon):
+            return True
+    return False
+
+
+def _plural_name(words: str) -> str:
+    noun, of, rest = words.partition(" of ")  # "day of the week" -> "days of the week"
+    head, _, last = noun.rpartition(" ")
+    return f"{head} {plural(last)}".strip() + (of + rest if of else "")
+
+
+def agreement(name: str, heldout_words: Sequence[Sequence], lexicon: Lexicon) -> float | None:
+    """The share of the words among those a feature fires on most on held-out text
+    (`heldout_words`: [[word, share], ...]; punctuation and digits aside) that its name covers
+    (`covers`; never a grammar word: "people" does not cover "I"): 0 where it fires there on
+    punctuation only, None where it did not fire there."""
+    if not heldout_words:
+        return None
+    words = [(w, share) for w, share in heldout_words if any(ch.isalpha() for ch in w)]
+    total = sum(share for _, share in words)
+    covered = sum(share for w, share in words if w.lower() not in FUNCTION_WORDS and covers(name, w, lexicon))
+    return covered / total if total else 0.0
+
+
 def _listed(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
 
@@ -222,9 +264,12 @@ def _group(words: Sequence[Reading], lexicon: Lexicon, written: Written | None =
 
 def _everyday(words: Sequence[str], written: Written) -> str | None:
     """The first of a synset's words whose every part the text writes at least MIN_WRITTEN times
-    a million tokens (in the singular or plural), one word before several; None if none is everyday."""
+    a million tokens (in the singular or plural), and a phrase as a whole too (common words make
+    "medium of exchange", "large integers" and "external body parts", which the text never
+    writes), one word before several; None if none is everyday."""
     def common(w: str) -> bool:
-        return all(written(p) + written(plural(p)) >= MIN_WRITTEN for p in w.replace("-", " ").split())
+        whole = " " not in w or written(w) + written(_plural_name(w)) >= MIN_WRITTEN
+        return whole and all(written(p) + written(plural(p)) >= MIN_WRITTEN for p in w.replace("-", " ").split())
     ok = [w for w in words if common(w)]
     return next((w for w in ok if " " not in w), ok[0] if ok else None)
 
