@@ -27,8 +27,8 @@ CONCEPT_MIN_SCORE = 0.75  # a concept name must predict the feature's held-out f
 # sample, and the rare features it let through were named by unrelated words ("bride,
 # orchestra and poor" on 10 firings of mines, brides and public schools).
 CONCEPT_MIN_FIRES = 20
-# ... and must cover this share of where it fires most on held-out text (the content words of
-# its `heldout_words`; features/pipeline/naming.py `agreement`). The score tests a predictor of
+# ... and must cover this share of where it fires most on held-out text (the words of its
+# `heldout_words`, punctuation aside; features/pipeline/naming.py `agreement`). The score tests a predictor of
 # up to 200 words; the name shows the top few, which for a broad feature can be words it hardly
 # fires on: "administrative districts" on 2, people, movie, will (0 of its top 8).
 CONCEPT_MIN_AGREEMENT = 0.2

@@ -350,6 +350,10 @@ def test_fired_ranking_discounts_dense_features_and_hides_form():
     assert [h.id for h in fd.ranked(last, cat, show_form=True)] == [3, 1, 2, 0]
     assert fd.unusual(1.0, 1e-5) == 1.0 and fd.unusual(2.0, 1e-5) == 1.0 and fd.unusual(1.0, 0.9) == 0.1
     assert fd.kind_note(cat[3]) == " [punctuation]" and fd.kind_note(cat[1]) == ""
+    assert fd.kind_note(Feature(9, "mixed: the, sea, on", extra={"kind": K.MIXED})) == ""  # the name says it
+    writer = Feature(9, "the sea", curated=True, extra={"kind": K.MIXED, "name": "mixed: the, bay, on",
+                                                         "reads": ["the"], "terms": ["sea"]})
+    assert fd.kind_note(writer) == ""  # shown as "mixed: the, bay, on → the sea"
     twins = Catalog(8, {4: Feature(4, "people", 1.0, 1e-4), 5: Feature(5, "people", 1.0, 1e-4)})
     acts = torch.zeros(1, 8)
     acts[0, 4], acts[0, 5] = 0.5, 0.9
