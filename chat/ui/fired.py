@@ -134,9 +134,8 @@ def kind_note(f: Feature) -> str:
     """What the panel shows after a name: the kind where it is not a concept and the name does
     not already say it."""
     kind = kind_of(f)
-    shown = str(f.extra.get("name") or f.label) if f.curated else f.label  # as panel_label shows it
     if kind in (CONCEPT, WORD, "curated") or (f.curated and reads_its_label(f)) or NAMES.get(kind) == f.label \
-            or shown.startswith(f"{kind}: "):  # "mixed: Saturday, minus", not "... [mixed]"
+            or panel_label(f, f.label).startswith(f"{kind}: "):  # "mixed: Saturday, minus", not "... [mixed]"
         return ""
     return f" [{kind}]"
 

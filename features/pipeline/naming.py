@@ -163,7 +163,9 @@ def covers(name: str, word: str, lexicon: Lexicon) -> bool:
 
 
 def _plural_name(words: str) -> str:
-    noun, of, rest = words.partition(" of ")  # "day of the week" -> "days of the week"
+    """A synset's words as a name counting things: "sea creature" -> "sea creatures", "day of
+    the week" -> "days of the week"."""
+    noun, of, rest = words.partition(" of ")
     head, _, last = noun.rpartition(" ")
     return f"{head} {plural(last)}".strip() + (of + rest if of else "")
 
@@ -255,11 +257,10 @@ def _group(words: Sequence[Reading], lexicon: Lexicon, written: Written | None =
         or next((w for w in lexicon.words(s) if " " not in w), lexicon.words(s)[0])
     if lexicon.lexname(s) in _MASS_LEXNAMES or lexicon.lexname(s).startswith("verb."):
         return word
-    noun, of, rest = word.partition(" of ")  # "day of the week" -> "days of the week"
-    head, _, last = noun.rpartition(" ")  # "sea creature" -> "sea creatures"
+    last = word.partition(" of ")[0].rpartition(" ")[2]  # the word made plural: "day" of "day of the week"
     if written is not None and written(plural(last)) < MIN_PLURAL:
         return word  # "clothing": the text never writes "clothings"
-    return f"{head} {plural(last)}".strip() + (of + rest if of else "")
+    return _plural_name(word)
 
 
 def _everyday(words: Sequence[str], written: Written) -> str | None:
