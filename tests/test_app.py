@@ -12,6 +12,7 @@ import torch
 
 from app_helpers import BRIDGE, DECEPTION, DOGS, always_firing, serve, tiny_catalog, tiny_engine
 from chat.errors import ModelLoadError
+from chat.steer.readout import FeatureHit
 from chat.ui import fired as fd
 from chat.ui import steer_state as st
 from chat.ui.chat_panel import ChatHandlers, RunControl
@@ -134,6 +135,21 @@ def test_fired_values(engine):
     quiet = [i for i in range(64) if max(last.feature(i)) == 0][0]
     assert fd.watch_alert(last, [quiet], engine.catalog.label)[1] == []
     assert fd.bars(None, engine.catalog.label) is None and fd.choice_id("nothing") is None
+
+
+def test_fired_rows_say_the_whole_word_each_feature_peaks_on():
+    """A row says where its feature peaked, as a whole word, so that a name that does not fit
+    what fired here shows it ("groups and organisations · on “coma”")."""
+    tokens = [" She", " is", " in", " a", " co", "ma", ".", "\n"]
+    acts = torch.zeros(len(tokens), 4)
+    acts[5, 0], acts[4, 0] = 2.0, 1.0  # peaks on the second piece of "coma"
+    acts[1, 1] = 0.5
+    acts[7, 2] = 0.3
+    last = fd.LastReply(tokens, acts.to_sparse(), [])
+    assert fd.peak_words(last, [0, 1, 2, 3]) == {0: "coma", 1: "is", 2: "line break"}  # 3 never fired
+    hit = FeatureHit(0, "x", 2.0, 2, 0.5)
+    assert fd.choice_name(hit, "groups", False, word="coma") == "#0 groups · on “coma” · peak 2"
+    assert fd.choice_id(fd.choice_name(hit, "groups", True, " [mixed]", "coma")) == 0
 
 
 def test_examples_are_escaped_and_read_defensively():

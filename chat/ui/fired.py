@@ -25,6 +25,7 @@ from chat.steer.generate import Reply
 from chat.steer.readout import FeatureHit
 from features.catalog import Catalog, Feature
 from features.kinds import CONCEPT, FORM_KINDS, FUNCTION, FUNCTION_WORDS, MIXED, NAMES, SPOKEN_FORMS, WORD
+from features.words import join
 
 MAX_EXAMPLES = 5
 TOP_BARS = 10
@@ -165,12 +166,27 @@ def ranked(last: LastReply | None, catalog: Catalog, show_form: bool = False, to
     return distinct[:top]
 
 
-def choice_name(hit: FeatureHit, label: str, watched: bool, note: str = "") -> str:
-    return f"{'⚠ ' if watched else ''}#{hit.id} {label}{note} · peak {hit.activation:.3g}"
+def choice_name(hit: FeatureHit, label: str, watched: bool, note: str = "", word: str = "") -> str:
+    on = f" · on “{word}”" if word else ""
+    return f"{'⚠ ' if watched else ''}#{hit.id} {label}{note}{on} · peak {hit.activation:.3g}"
+
+
+def peak_words(last: LastReply, ids: Sequence[int]) -> dict[int, str]:
+    """{feature id: the whole word, as written, that it peaks on in the text}. Shown beside the
+    name, so a reader can see at a glance when a name does not fit where it fired here
+    ("groups and organisations · on “coma”")."""
+    units = join(last.tokens)
+    out = {}
+    for i in ids:
+        acts = last.feature(i)
+        t = max(range(len(acts)), key=acts.__getitem__, default=None)
+        if t is not None and acts[t] > 0:
+            out[i] = _visible(units.words[units.of_token[t]])
+    return out
 
 
 def choice_id(name: str) -> int | None:
-    """The feature id in a fired-panel entry ("#123 bridge · peak 4.2"), or None."""
+    """The feature id in a fired-panel entry ("#123 bridge · on “bridge” · peak 4.2"), or None."""
     m = _CHOICE.match(name or "")
     return int(m.group(1)) if m else None
 
@@ -184,10 +200,13 @@ def bars(last: LastReply | None, label: Callable[[int], str], watched: Sequence[
         return None
     catalog = catalog if catalog is not None else getattr(label, "__self__", None)
     if not isinstance(catalog, Catalog):  # a message read for the panel has no hits of its own
-        return {choice_name(h, label(h.id), h.id in watched): min(max(h.relative, 0.0), 1.0)
+        on = peak_words(last, [h.id for h in last.hits])
+        return {choice_name(h, label(h.id), h.id in watched, word=on.get(h.id, "")): min(max(h.relative, 0.0), 1.0)
                 for h in last.hits} or None
-    return {choice_name(h, panel_label(catalog[h.id], label(h.id)), h.id in watched, kind_note(catalog[h.id])): round(h.relative, 4)
-            for h in ranked(last, catalog, show_form)} or None
+    hits = ranked(last, catalog, show_form)
+    on = peak_words(last, [h.id for h in hits])
+    return {choice_name(h, panel_label(catalog[h.id], label(h.id)), h.id in watched, kind_note(catalog[h.id]),
+                        on.get(h.id, "")): round(h.relative, 4) for h in hits} or None
 
 
 def highlight(last: LastReply, i: int) -> list[tuple[str, float | None]]:

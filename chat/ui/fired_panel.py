@@ -16,7 +16,7 @@ from chat.ui.loader import EngineLoader
 from chat.ui.steer_panel import SteerHandlers, SteerPanel, render
 
 NEIGHBOURS = 8
-BARS_HELP = ("peak = the feature's highest activation on this text · bar = peak ÷ its usual max, less for "
+BARS_HELP = ("on = the word where it peaks · peak = the feature's highest activation on this text · bar = peak ÷ its usual max, less for "
              "features that fire on much of any text and for names that predict their firing poorly · "
              "click one for details")
 FORM_TOGGLE = "Show form features (punctuation, line breaks, start of a sentence, fires on almost every token)"
