@@ -17,6 +17,7 @@ from features.words import Words, is_contraction
 
 CONCEPT = "concept"  # a feature named by what its words mean (the default kind)
 WORD = "word"  # one word and its forms
+WORDS = "words"  # a few words that share no meaning, listed as such ("words: edge, mission, course")
 AFTER = "after a word"  # the word just before is what it reads
 FUNCTION = "function words"  # "the", "of", "unto": grammar, not a concept
 PROPER = "proper names"  # names no dictionary has: "Abram", "Stinner"
@@ -68,7 +69,8 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     firings on held-out text (score >= CONCEPT_MIN_SCORE on `fires` >= CONCEPT_MIN_FIRES of them)
     and covers the words it fires on most there (`agreement` >= CONCEPT_MIN_AGREEMENT; None: not
     counted); otherwise the words it reads, said as such ("mixed: color, give, Changes"). A
-    one-word feature says it is a word ("word: coffee").
+    one-word feature says it is a word ("word: coffee"); a few words that share no meaning
+    (naming.py) pass or fail as a concept does.
 
     >>> honest("sea, self and match", CONCEPT, ["sea", "self", "match"], 0.55)
     ('mixed: sea, self, match', 'mixed')
@@ -80,12 +82,14 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     ('mixed: city, Chicago, of', 'mixed')
     >>> honest("so and to", CONCEPT, [".", "so", ",", "2"], 0.6)  # punctuation and digits said in words
     ('mixed: full stops, so, commas', 'mixed')
+    >>> honest("words: edge, mission, course", WORDS, ["edge", "mission", "course"], 0.79, 976, agreement=0.27)
+    ('words: edge, mission, course', 'words')
 
     Function words too: a feature whose grammar words do not predict it fires elsewhere.
     """
     unproven = score is None or score < CONCEPT_MIN_SCORE or fires is not None and fires < CONCEPT_MIN_FIRES \
-        or kind == CONCEPT and agreement is not None and agreement < CONCEPT_MIN_AGREEMENT
-    if kind in (CONCEPT, FUNCTION) and unproven and reads:
+        or kind in (CONCEPT, WORDS) and agreement is not None and agreement < CONCEPT_MIN_AGREEMENT
+    if kind in (CONCEPT, WORDS, FUNCTION) and unproven and reads:
         return "mixed: " + ", ".join(list(dict.fromkeys(spoken(r) for r in reads))[:3]), MIXED
     if kind == WORD and not name.startswith("word: "):
         return f"word: {name}", WORD

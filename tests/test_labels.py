@@ -10,7 +10,7 @@ from features import kinds as K
 from features.catalog import Catalog, Feature
 from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.pipeline.naming import Reading, agreement, covers, name
+from features.pipeline.naming import MIN_CLOSE, Reading, agreement, covers, name, related
 from features.pipeline.wordnet import WordNet, compact
 from features.words import join
 from label_helpers import write_wordnet
@@ -119,7 +119,7 @@ def test_kinds_get_plain_names_never_fragments(lexicon):
     assert name(reads("Stinner", "Serhiy"), lexicon) == ("proper names", K.PROPER)
     assert name(reads("Stinner", "bridge", "bridges"), lexicon) == ("bridge", K.WORD)  # the name left out
     unrelated = name(reads("bridge", "dog"), lexicon)
-    assert unrelated == ("bridge and dog", K.CONCEPT)
+    assert unrelated == ("words: bridge, dog", K.WORDS)  # test_words_that_share_no_meaning_...
     # A chat log's speaker letter ("B: I'm fine") is what it reads, not the "a" behind it.
     speaker = [Reading("B", "b", 0.9), Reading("a", "a", 0.1)]
     assert name(speaker, lexicon) == ("B", K.WORD)
@@ -152,6 +152,38 @@ def test_a_concept_name_must_cover_where_it_fires_on_held_out_text(lexicon):
         ("mixed: city, Chicago, of", K.MIXED)
     assert K.honest("sea creatures", K.CONCEPT, ["whale"], 0.9, 40, agreement=K.CONCEPT_MIN_AGREEMENT)[1] == K.CONCEPT
     assert K.honest("word: out", K.WORD, ["out"], 0.9, 40, agreement=0.0)[1] == K.WORD  # for concept names only
+
+
+def test_words_that_share_no_meaning_are_listed_as_words_not_as_a_concept(lexicon):
+    """"kind, king and question" read like a concept; a list whose words share no meaning says
+    it is words. WordNet relates siblings and forms; the model's embeddings (`close`) what
+    WordNet does not link ("cold" and "warm")."""
+    assert related("whale", "shark", lexicon) and related("bridge", "bridges", lexicon)
+    assert not related("bridge", "dog", lexicon) and related("characteristic", "characterized", lexicon)
+    assert not related("general", "generate", lexicon)
+    assert name(reads("whale", "shark", "bridge"), lexicon, lambda w: 0) == ("whale, shark and bridge", K.CONCEPT)
+    assert name(reads("bridge", "dog", "Monday"), lexicon, lambda w: 0) == ("words: bridge, dog, Monday", K.WORDS)
+    close = lambda a, b: MIN_CLOSE if {a, b} == {"bridge", "dog"} else MIN_CLOSE - 0.01  # noqa: E731
+    assert name(reads("bridge", "dog"), lexicon, close=close) == ("bridge and dog", K.CONCEPT)
+    assert name(reads("bridge", "Monday"), lexicon, close=close) == ("words: bridge, Monday", K.WORDS)
+    # it passes or fails as a concept name does, and covers the words it lists
+    words = ["bridge", "dog"]
+    assert K.honest("words: bridge, dog", K.WORDS, words, 0.9, 40, agreement=0.5) == ("words: bridge, dog", K.WORDS)
+    assert K.honest("words: bridge, dog", K.WORDS, words, 0.6, 40)[1] == K.MIXED
+    assert K.honest("words: bridge, dog", K.WORDS, words, 0.9, 40, agreement=0.1)[1] == K.MIXED
+    assert covers("words: bridge, dog", "bridges", lexicon) and not covers("words: bridge, dog", "Monday", lexicon)
+    assert agreement("words: bridge, dog", [["dog", 0.5], ["Monday", 0.5]], lexicon) == 0.5
+    # the panel shows no kind note: the name says it
+    from chat.ui import fired as fd
+    assert fd.kind_note(Feature(9, "words: bridge, dog", extra={"kind": K.WORDS})) == ""
+
+
+def test_closeness_is_the_cosine_of_the_models_embeddings(tiny_lm):
+    from features.pipeline.label import closeness
+
+    close = closeness(tiny_lm)
+    assert close("dog", "dog") == pytest.approx(1.0, abs=1e-5)
+    assert close("dog", "cat") == pytest.approx(close("cat", "dog")) and -1.0 <= close("dog", "cat") <= 1.0
 
 
 # --- detection -----------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def cmd_label(args) -> None:
     from features.paths import cache_dir
     from features.pipeline import evidence
     from features.catalog import Catalog
-    from features.pipeline.label import logit_lens, relabel
+    from features.pipeline.label import closeness, logit_lens, relabel
     from features.lexicon import Lexicon
     from features.pipeline.wordnet import WORDNET_DIR, WordNet, compact
 
@@ -270,7 +270,8 @@ def cmd_label(args) -> None:
         seen[torch.from_numpy(train.tokens.ravel()).long()] = True
         seen[torch.tensor(special, dtype=torch.long)] = False
         top_tokens = logit_lens(lm, d, allowed=seen)
-    found = relabel(train, heldout, decode, lexicon, known, d.d_sae, work=work, top_tokens=top_tokens)
+    found = relabel(train, heldout, decode, lexicon, known, d.d_sae, work=work, top_tokens=top_tokens,
+                    close=closeness(lm))
     path = _save_with(old, folder, found)
     print(f"labelled {len(found)} live features of {d.d_sae} ({sum(f.curated for f in found.values())} curated "
           f"kept their labels) in {time.time() - started:.0f} s; wrote {path}")

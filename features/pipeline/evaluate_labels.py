@@ -29,7 +29,7 @@ from features.pipeline.naming import FUNCTION_WORDS, is_english
 MIN_FIRES = 5
 READER_SCORE = 0.7
 FIRING_SHARE = 0.3
-READER_KINDS = (K.CONCEPT, K.WORD, K.AFTER, "curated")  # not punctuation that happens to follow the word
+READER_KINDS = (K.CONCEPT, K.WORD, K.WORDS, K.AFTER, "curated")  # not punctuation that happens to follow the word
 # (query, words that name the concept): everyday concepts a user might steer with.
 CONCEPTS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("animals", ("animal", "creature", "beast", "mammal")),

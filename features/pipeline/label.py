@@ -41,7 +41,7 @@ from features.catalog import Feature
 from features.dictionary import Dictionary
 from features.pipeline.evidence import Firings
 from features.lexicon import Lexicon
-from features.pipeline.naming import Reading, Written, agreement, display, is_english, name as name_of
+from features.pipeline.naming import Close, Reading, Written, agreement, display, is_english, name as name_of
 from features.words import base_word, join
 
 MAX_READS = 8  # words shown and named from
@@ -82,6 +82,23 @@ def logit_lens(lm: LoadedModel, dictionary: Dictionary, top: int = 8, chunk: int
     return out
 
 
+def closeness(lm: LoadedModel) -> Close:
+    """How close the model places two words: the cosine of its input embeddings of each as
+    written mid-sentence (" cold"; a word of several tokens, their mean), centred on the mean
+    embedding, which every row shares a large part of."""
+    table = lm.model.get_input_embeddings().weight.detach()  # (V, d_model)
+    mean = sum(table[i:i + 8192].float().sum(0) for i in range(0, len(table), 8192)) / len(table)
+    seen: dict[str, Tensor] = {}
+
+    def vector(word: str) -> Tensor:
+        if word not in seen:
+            ids = lm.tokenizer.encode(" " + word, add_special_tokens=False)
+            v = table[ids].float().mean(0) - mean
+            seen[word] = v / v.norm().clamp_min(1e-6)
+        return seen[word]
+    return lambda a, b: float(vector(a) @ vector(b))
+
+
 @dataclass
 class Text:
     """One split's tokens as words: per flat token position, the lemma id of its word, of the
@@ -107,6 +124,7 @@ class Vocabulary:
         self.kinds: list[str | None] = []
         self.surfaces: list[dict[str, int]] = []
         self.written: Written | None = None  # how often the training text writes a word, once read (naming.py)
+        self.close: Close | None = None  # how close the model places two words (naming.py `related`)
 
     def id(self, unit: str, is_word: bool) -> int:
         key, kind = _lemma_key(unit, is_word, self.lexicon)
@@ -307,9 +325,9 @@ def verdict(positions: np.ndarray, density: float | None, text: Text, vocab: Voc
         title = K.punctuation_name(units) if mode in ("punctuation", "space") and units else K.NAMES[mode]
         return Verdict(title, mode, _shown(reads, vocab), [i for i, _ in reads], mode, score + KIND_MARGIN)
     readings = [Reading(vocab.surface(i), vocab.lemmas[i], g, vocab.kinds[i]) for i, g in gains[:MAX_READS]]
-    title, kind = name_of(readings, vocab.lexicon, vocab.written)
-    if mode == "before" and kind in (K.WORD, K.CONCEPT):
-        title, kind = (f"after {title}" if kind == K.CONCEPT else f"after the word {title}"), K.AFTER
+    title, kind = name_of(readings, vocab.lexicon, vocab.written, vocab.close)
+    if mode == "before" and kind in (K.WORD, K.CONCEPT, K.WORDS):
+        title, kind = (f"after the word {title}" if kind == K.WORD else f"after {title.removeprefix('words: ')}"), K.AFTER
     return Verdict(title, kind, _shown(gains, vocab), [i for i, _ in gains], mode, score,
                    [i for i, _ in chosen.before])
 
@@ -412,13 +430,15 @@ def _by_feature(firings: Firings, content_only: np.ndarray) -> tuple[np.ndarray,
 
 def relabel(train: Firings, heldout: Firings, decode: Callable[[int], str], lexicon: Lexicon,
             old: dict[int, Feature], d_sae: int, work: Path | None = None, progress: bool = True,
-            top_tokens: list[list[str]] | None = None) -> dict[int, Feature]:
+            top_tokens: list[list[str]] | None = None, close: Close | None = None) -> dict[int, Feature]:
     """Features with name, kind, reads, score and examples for every feature that fires on
     `train`. `old` (the catalog's features by id) keeps its stats, writes and curated labels.
-    `work`: a folder where verdicts are checkpointed, so an interrupted run resumes."""
+    `work`: a folder where verdicts are checkpointed, so an interrupted run resumes. `close`:
+    how close the model places two words (`closeness`), for names of words that share a meaning."""
     from tqdm.auto import tqdm
 
     vocab = Vocabulary(lexicon)
+    vocab.close = close
     tr = read_text(train, decode, vocab)
     N = int(tr.content.sum())
     vocab.written = vocab.writing_counts(N, "".join(tr.pieces))  # the training text only: names are chosen on it
@@ -502,7 +522,7 @@ def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: fl
     writes = extra.get("writes")
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
-    fit = agreement(row["name"], row.get("heldout_words") or [], lexicon) if row["kind"] == K.CONCEPT else None
+    fit = agreement(row["name"], row.get("heldout_words") or [], lexicon) if row["kind"] in (K.CONCEPT, K.WORDS) else None
     name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"], row.get("heldout_fires"), fit)
     # A curated label says what the feature writes; "name" and "kind" keep where it fires, which
     # the fired panel shows for a writer that fires elsewhere (chat/ui/fired.py `panel_label`).
