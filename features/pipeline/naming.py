@@ -12,7 +12,7 @@ Rules, in order (`name`):
    or else to rule 4; a plural the text hardly writes ("clothings", "childs") stays singular,
    and a verb's name is never made plural ("expects").
 4. Otherwise the two or three strongest words: joined where two of them share a meaning
-   ("cold, hot and warm", "Egypt and Pharaoh"; `related`), else listed as the words they are
+   ("cold, hot and warm"; `related`), else listed as the words they are
    ("words: edge, mission, course"), not as if they made a concept.
 Proper names that no dictionary has ("Abram", "Stinner") name a feature "proper names" where
 they are most of what it reads, and are left out of names beside English words.
