@@ -218,6 +218,19 @@ class Catalog:
         hits += [self[i] for i in ranked if not (hits and i == hits[0].id)]
         return hits[:max(top, 0)]
 
+    def why(self, i: int, query: str) -> str:
+        """What a search hit matched that its name does not say: "writes: hospital" for "word:
+        Moses", which steering makes say hospital; "reads: …" for one that fires on the word; ""
+        where the name holds every query word (or the match was by meaning or spelling)."""
+        named = set(_words(self.label(i)))
+        asked = [w for w in dict.fromkeys(_words(str(query))) if w not in _STOP_WORDS and w not in named]
+        f = self[i]
+        for field in ("writes", "reads"):
+            found = [w for w in asked if w in set(_list_words(f.extra.get(field)))]
+            if found:
+                return f"{field}: {', '.join(found)}"
+        return ""
+
     def resolve(self, query: str | int) -> int:
         """A feature id from an id (int or digits) or a name (the best search hit)."""
         if isinstance(query, str) and query.strip().isdecimal():

@@ -62,6 +62,16 @@ def test_search_prefers_steerable_features_within_a_tier():
     assert [f.id for f in cat.search("dog", top=3)] == [2, 3, 1]
 
 
+def test_a_hit_says_what_matched_where_its_name_does_not():
+    cat = Catalog(D_SAE, {1: Feature(1, "word: Moses", extra={"writes": ["friend", "hospital"], "reads": ["Moses"]}),
+                          2: Feature(2, "structures", extra={"reads": ["hospitals", "school"]}),
+                          3: Feature(3, "hospital", extra={"writes": ["hospital"]})})
+    assert {f.id for f in cat.search("hospital")} == {1, 2, 3}
+    assert cat.why(1, "hospital") == "writes: hospital" and cat.why(2, "the Hospitals") == "reads: hospital"
+    assert cat.why(3, "hospital") == ""  # its name says it
+    assert cat.why(1, "moses") == "" and cat.why(2, "zzz") == ""
+
+
 def test_missing_file_is_an_empty_catalog(tmp_path):
     cat = Catalog.load(tmp_path, D_SAE)
     assert cat.label(0) == "feature 0" and cat.max_activation(0) is None

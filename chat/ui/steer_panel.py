@@ -117,7 +117,9 @@ class SteerHandlers:
             return gr.Dropdown(choices=[], value=None, label="Matches")
         catalog = self.loader.get().catalog
         hits = catalog.search(query, top=SEARCH_RESULTS)
-        choices = [(f"#{f.id} {catalog.label(f.id)}", f.id) for f in hits]
+        # A hit whose name does not say the query says what matched ("#2084 word: Moses · writes: hospital").
+        choices = [(" · ".join(filter(None, (f"#{f.id} {catalog.label(f.id)}", catalog.why(f.id, query)))), f.id)
+                   for f in hits]
         # The label says "none" rather than a pop-up, which would repeat at every keystroke.
         return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None,
                            label=f"Matches ({len(hits)})" if hits else f"No feature matches {query!r}")
