@@ -359,7 +359,7 @@ class _Index:
                 w = self.vocab[j]
                 found.setdefault(w, (_PREFIX, len(q) / len(w)))  # "dog": "dogs" > "dogma"
                 j += 1
-        if len(q) >= _FUZZY_MIN_CHARS:
+        if len(q) >= _FUZZY_MIN_CHARS and not _is_word(q):  # "coma" is a word, not a typo of "commas"
             matcher = SequenceMatcher(b=q)  # difflib caches its analysis of `b`
             for n in range(len(q) * 2 // 3, len(q) * 3 // 2 + 1):  # lengths that can reach the cutoff
                 for w in self.by_length.get(n, ()):
@@ -498,6 +498,14 @@ def _edits(a: str, b: str) -> int:
             if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
                 d[i][j] = min(d[i][j], d[i - 2][j - 2] + 1)
     return d[len(a)][len(b)]
+
+
+def _is_word(q: str) -> bool:
+    """An English word the shipped lexicon knows (so a spelling neighbour is another word)."""
+    from features.lexicon import default
+
+    lexicon = default()
+    return lexicon is not None and q.isalpha() and lexicon.knows(q)
 
 
 def _list_words(values: object) -> tuple[str, ...]:
