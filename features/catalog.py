@@ -224,6 +224,8 @@ class Catalog:
         where the name holds every query word (or the match was by meaning or spelling)."""
         named = set(_words(self.label(i)))
         asked = [w for w in dict.fromkeys(_words(str(query))) if w not in _STOP_WORDS and w not in named]
+        if self._index is not None:  # and the words a typo meant, as search read them ("brdige": bridge)
+            asked += [w for q in asked for fixed, _ in self._index.corrections(q) for w in _words(fixed)]
         f = self[i]
         for field in ("writes", "reads"):
             found = [w for w in asked if w in set(_list_words(f.extra.get(field)))]

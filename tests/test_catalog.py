@@ -70,6 +70,7 @@ def test_a_hit_says_what_matched_where_its_name_does_not():
     assert cat.why(1, "hospital") == "writes: hospital" and cat.why(2, "the Hospitals") == "reads: hospital"
     assert cat.why(3, "hospital") == ""  # its name says it
     assert cat.why(1, "moses") == "" and cat.why(2, "zzz") == ""
+    assert cat.why(1, "hospitl") == "writes: hospital"  # the word a typo meant, as search reads it
 
 
 def test_missing_file_is_an_empty_catalog(tmp_path):
