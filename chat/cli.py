@@ -195,7 +195,8 @@ def cmd_concept(args) -> None:
     print(f"{concept.concept} (scale {concept.scale:g}, {concept.mode}): in the search, {concept.rate:.0%} of replies "
           f"to neutral prompts mentioned it; fluent from {concept.band[0]:.2g}× to {concept.band[1]:.2g}× these strengths")
     for f, s in concept.strengths.items():
-        print(f"  #{f:<6} {s:+g}  {engine.catalog.label(f)}")
+        print(f"  #{f:<6} {s:+g}  {concept.row_label(engine.catalog.label(f))}  (writes: "
+              f"{', '.join(concept.writes(engine.catalog, f))})")
 
 
 def cmd_search(args) -> None:

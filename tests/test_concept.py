@@ -57,6 +57,15 @@ def test_a_concept_scales_and_describes_itself():
         OCEAN.scaled(150)  # 300x max activation
 
 
+def test_a_concept_says_what_its_features_write():
+    """The concept box and `python -m chat concept` show what a writer writes, not only where it
+    fires: "#300 punctuation → anger (writes: anger, hard, having)"."""
+    cat = Catalog(64, {5: Feature(5, "punctuation", extra={"writes": ["Ocean", "hard", "having", "time", "x"]}),
+                       9: Feature(9, "the ocean")})
+    assert OCEAN.writes(cat, 5) == ["ocean", "hard", "having", "time"] and OCEAN.writes(cat, 9) == ["ocean"]
+    assert OCEAN.row_label("punctuation") == "punctuation → ocean" and OCEAN.row_label("the Ocean") == "the Ocean"
+
+
 def test_terms_and_mentions():
     assert {"rain", "rainy", "rainfall"} <= set(concept_terms("rain"))
     assert "dog" in concept_terms("animal") and "low" not in concept_terms("weather")

@@ -123,6 +123,17 @@ class Concept:
     def steering(self) -> Steering:
         return Steering(self.strengths, mode=self.mode)
 
+    def writes(self, catalog, feature: int, n: int = 4) -> list[str]:
+        """What `feature` makes the model say when amplified: this concept, which the search
+        measured it writing, then discover's words (features/pipeline/discover.py), so a feature
+        named for where it fires ("punctuation") still shows what it writes."""
+        said = [w for w in catalog[feature].extra.get("writes") or [] if isinstance(w, str)]
+        return [self.concept, *(w for w in said if w.lower() != self.concept.lower())][:n]
+
+    def row_label(self, label: str) -> str:
+        """A feature's name, and this concept when the name does not say it ("people → music")."""
+        return label if self.concept.lower() in label.lower() else f"{label} → {self.concept}"
+
     def describe(self, label: Callable[[int], str]) -> dict:
         """The /concept answer (and `python -m chat concept --json`): `mode` and the features'
         strengths, passed unchanged to /generate, give the concept at this scale."""

@@ -76,24 +76,6 @@ def build() -> SteerPanel:
                       slots, sliders, removes, concept_cancel)
 
 
-def _writes(catalog, features, concept: str) -> str:
-    """What the chosen features make the model say when amplified: the concept, which this
-    search measured them writing, then discover's words, so a feature named for where it fires
-    ("people") still shows what it writes."""
-    said = []
-    for f in features:
-        writes = [w for w in catalog[f].extra.get("writes") or [] if isinstance(w, str)]
-        writes = [concept] + [w for w in writes if w.lower() != concept.lower()]
-        said.append(f"#{f} writes: {', '.join(writes[:4])}")
-    return "  \n" + " · ".join(said) if said else ""
-
-
-def concept_label(label: str, concept: str) -> str:
-    """A concept row's slider label: the feature's name, and the concept it was measured to write
-    when the name does not say it ("people → music")."""
-    return label if concept.lower() in label.lower() else f"{label} → {concept}"
-
-
 def render(rows: list[st.SteerRow]) -> list:
     """Outputs for SteerPanel.view."""
     shown = [gr.Row(visible=i < len(rows)) for i in range(st.MAX_ROWS)]
@@ -101,6 +83,12 @@ def render(rows: list[st.SteerRow]) -> list:
         gr.Slider(minimum=-r.limit, maximum=r.limit, value=r.strength, label=r.title) for r in rows
     ] + [gr.Slider(value=0.0, label=" ") for _ in range(st.MAX_ROWS - len(rows))]
     return [rows, *shown, *sliders]
+
+
+def _writes(catalog, found) -> str:
+    """The concept note's last line: what each chosen feature writes (`Concept.writes`)."""
+    said = [f"#{f} writes: {', '.join(found.writes(catalog, f))}" for f in found.strengths]
+    return "  \n" + " · ".join(said) if said else ""
 
 
 class SteerHandlers:
@@ -183,7 +171,7 @@ class SteerHandlers:
             gr.Info("Cancelled: nothing was measured or kept.")
             return [*kept, "**Cancelled.** The sliders are as they were."]
         rows = st.with_values(rows, values) if mode == "add" else []  # clamp rows mean something else in add mode
-        labelled = [(engine.catalog[f], concept_label(engine.catalog.label(f), found.concept), s)
+        labelled = [(engine.catalog[f], found.row_label(engine.catalog.label(f)), s)
                     for f, s in found.strengths.items()]
         rows, problem = st.add_concept(rows, labelled)
         if problem:
@@ -196,7 +184,7 @@ class SteerHandlers:
             note = (f"Steering toward **{found.concept}**{f' at {found.scale:g}×' if found.scale != 1 else ''}: in the "
                     f"search, {found.rate:.0%} of replies to everyday prompts mentioned it and stayed fluent{band}. "
                     f"A negative scale (`{found.concept}=-1`) keeps it out.")
-        return [*render(rows), "add", note + _writes(engine.catalog, found.strengths, found.concept)]
+        return [*render(rows), "add", note + _writes(engine.catalog, found)]
 
     @reported
     def remove(self, index: int, rows, *values):
