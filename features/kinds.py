@@ -69,8 +69,9 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     firings on held-out text (score >= CONCEPT_MIN_SCORE on `fires` >= CONCEPT_MIN_FIRES of them)
     and covers the words it fires on most there (`agreement` >= CONCEPT_MIN_AGREEMENT; None: not
     counted); otherwise the words it reads, said as such ("mixed: color, give, Changes"). A
-    one-word feature says it is a word ("word: coffee"); a few words that share no meaning
-    (naming.py) pass or fail as a concept does.
+    one-word feature says it is a word ("word: coffee"), or mixed where, measured, the word
+    predicts its firings poorly and covers little of where they land (a grammar word aside); a
+    few words that share no meaning (naming.py) pass or fail as a concept does.
 
     >>> honest("sea, self and match", CONCEPT, ["sea", "self", "match"], 0.55)
     ('mixed: sea, self, match', 'mixed')
@@ -84,12 +85,21 @@ def honest(name: str, kind: str, reads: list[str], score: float | None,
     ('mixed: full stops, so, commas', 'mixed')
     >>> honest("words: edge, mission, course", WORDS, ["edge", "mission", "course"], 0.79, 976, agreement=0.27)
     ('words: edge, mission, course', 'words')
+    >>> honest("priest", WORD, ["priest", "id", "email"], 0.72, 82, agreement=0.0)
+    ('mixed: priest, id, email', 'mixed')
 
     Function words too: a feature whose grammar words do not predict it fires elsewhere.
     """
     unproven = score is None or score < CONCEPT_MIN_SCORE or fires is not None and fires < CONCEPT_MIN_FIRES \
         or kind in (CONCEPT, WORDS) and agreement is not None and agreement < CONCEPT_MIN_AGREEMENT
-    if kind in (CONCEPT, WORDS, FUNCTION) and unproven and reads:
+    # A word's name makes a claim too, once measured: "word: priest" on a feature whose strong
+    # held-out firings land on email, chlorine and idk says mixed, where the word both predicts
+    # them poorly and covers little of where they land. Grammar words stay (the panel hides
+    # them as function words either way).
+    word_unproven = kind == WORD and score is not None and score < CONCEPT_MIN_SCORE \
+        and fires is not None and fires >= CONCEPT_MIN_FIRES and agreement is not None \
+        and agreement < CONCEPT_MIN_AGREEMENT and name.removeprefix("word: ").lower() not in FUNCTION_WORDS
+    if (kind in (CONCEPT, WORDS, FUNCTION) and unproven or word_unproven) and reads:
         return "mixed: " + ", ".join(list(dict.fromkeys(spoken(r) for r in reads))[:3]), MIXED
     if kind == WORD and not name.startswith("word: "):
         return f"word: {name}", WORD

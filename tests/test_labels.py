@@ -132,6 +132,13 @@ def test_kinds_get_plain_names_never_fragments(lexicon):
     assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES - 1)[1] == K.MIXED
     assert K.honest("bride, orchestra and poor", K.CONCEPT, rare, 0.81, fires=K.CONCEPT_MIN_FIRES)[1] == K.CONCEPT
     assert K.honest("word: out", K.WORD, ["out"], 0.9, fires=3) == ("word: out", K.WORD)  # a word is a word
+    # ... unless, measured, it predicts too few of the firings; grammar words aside
+    priest, n = ["priest", "id", "email"], K.CONCEPT_MIN_FIRES
+    assert K.honest("priest", K.WORD, priest, 0.72, n, agreement=0.0) == ("mixed: priest, id, email", K.MIXED)
+    assert K.honest("priest", K.WORD, priest, 0.72, n - 1, agreement=0.0)[1] == K.WORD  # too few to tell
+    assert K.honest("priest", K.WORD, priest, 0.72, n, agreement=0.5)[1] == K.WORD  # it does land on priest
+    assert K.honest("priest", K.WORD, priest, 0.9, n, agreement=0.0)[1] == K.WORD  # and predicts them
+    assert K.honest("word: was", K.WORD, ["was", "2"], 0.7, 1590, agreement=0.0) == ("word: was", K.WORD)
     # a mixed name says punctuation and digits in words, each once
     assert K.honest("x", K.CONCEPT, [",", " ,", "2", "rain"], 0.6) == ("mixed: commas, digits, rain", K.MIXED)
     assert K.honest("x", K.CONCEPT, ["\n", "....", "rain"], 0.6) == ("mixed: line breaks, ellipses, rain", K.MIXED)
@@ -151,7 +158,7 @@ def test_a_concept_name_must_cover_where_it_fires_on_held_out_text(lexicon):
     assert K.honest("administrative districts", K.CONCEPT, reads, 0.77, 135, agreement=0.0) == \
         ("mixed: city, Chicago, of", K.MIXED)
     assert K.honest("sea creatures", K.CONCEPT, ["whale"], 0.9, 40, agreement=K.CONCEPT_MIN_AGREEMENT)[1] == K.CONCEPT
-    assert K.honest("word: out", K.WORD, ["out"], 0.9, 40, agreement=0.0)[1] == K.WORD  # for concept names only
+    assert K.honest("word: out", K.WORD, ["out"], 0.9, 40, agreement=0.0)[1] == K.WORD  # a word that predicts them stays
 
 
 def test_words_that_share_no_meaning_are_listed_as_words_not_as_a_concept(lexicon):

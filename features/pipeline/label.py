@@ -522,7 +522,8 @@ def _feature(before: Feature, row: dict, lexicon: Lexicon, *, max_activation: fl
     writes = extra.get("writes")
     if isinstance(writes, list):  # discover's words, whole English words only
         extra["writes"] = [w for w in writes if isinstance(w, str) and is_english(w, lexicon)]
-    fit = agreement(row["name"], row.get("heldout_words") or [], lexicon) if row["kind"] in (K.CONCEPT, K.WORDS) else None
+    fit = agreement(row["name"].removeprefix("word: "), row.get("heldout_words") or [], lexicon) \
+        if row["kind"] in (K.CONCEPT, K.WORDS, K.WORD) else None
     name, kind = K.honest(row["name"], row["kind"], row["reads"], row["score"], row.get("heldout_fires"), fit)
     # A curated label says what the feature writes; "name" and "kind" keep where it fires, which
     # the fired panel shows for a writer that fires elsewhere (chat/ui/fired.py `panel_label`).
