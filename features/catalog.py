@@ -228,7 +228,8 @@ class Catalog:
             asked += [w for q in asked for fixed, _ in self._index.corrections(q) for w in _words(fixed)]
         f = self[i]
         for field in ("writes", "reads"):
-            found = [w for w in asked if w in set(_list_words(f.extra.get(field)))]
+            has = set(_list_words(f.extra.get(field)))
+            found = [w for w in asked if w in has]
             if found:
                 return f"{field}: {', '.join(found)}"
         return ""
@@ -405,7 +406,7 @@ class _Index:
         from features.lexicon import default
 
         lexicon = default()
-        if lexicon is None or len(q) < _FUZZY_MIN_CHARS or not q.isalpha() or lexicon.knows(q):
+        if lexicon is None or len(q) < _FUZZY_MIN_CHARS or not q.isalpha() or _is_word(q):
             return []
         matcher = SequenceMatcher(b=q)
         found = []
